@@ -1,0 +1,94 @@
+//! The whole model's backward against central finite differences of its forward, on a model
+//! small enough that every parameter can be perturbed.
+
+use shoal_models::{Activations, Gpt, GptConfig};
+
+#[test]
+fn backward_matches_finite_differences() {
+    let config = GptConfig {
+        vocab_size: 11,
+        n_positions: 8,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+        layer_norm_eps: 1e-5,
+    };
+    let gpt = Gpt::new(config).unwrap();
+    // Larger-than-default init so every path carries signal.
+    let mut params: Vec<f32> = gpt.init_params(5).iter().map(|x| x * 3.0).collect();
+    for (i, p) in params.iter_mut().enumerate() {
+        *p += 0.01 * ((i * 7919 % 13) as f32 - 6.0);
+    }
+    let (b, t) = (2, 5);
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 11) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 3 % 11) as u32).collect();
+    let mut acts = Activations::new(&gpt.config, b, t).unwrap();
+    let loss_at = |p: &[f32], acts: &mut Activations| -> f64 {
+        gpt.forward(p, acts, &tokens, Some(&targets))
+            .unwrap()
+            .unwrap() as f64
+    };
+    loss_at(&params, &mut acts);
+    let mut grads = vec![0.0f32; gpt.num_params()];
+    gpt.backward(&params, &mut acts, &mut grads, 1.0).unwrap();
+
+    let h = 2e-3f32;
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for i in (0..params.len()).step_by(3) {
+        let orig = params[i];
+        params[i] = orig + h;
+        let up = loss_at(&params, &mut acts);
+        params[i] = orig - h;
+        let down = loss_at(&params, &mut acts);
+        params[i] = orig;
+        let fd = (up - down) / (2.0 * h as f64);
+        let g = grads[i] as f64;
+        assert!(
+            (fd - g).abs() <= 1e-3 + 0.02 * g.abs(),
+            "param {i}: backward {g:e}, finite difference {fd:e}"
+        );
+        diff += (fd - g).powi(2);
+        norm += g * g;
+    }
+    let rel = (diff / norm).sqrt();
+    assert!(rel < 1e-2, "relative error of sampled gradient {rel:e}");
+}
+
+#[test]
+fn gradient_accumulation_scales() {
+    let gpt = Gpt::new(GptConfig::preset("tiny").unwrap()).unwrap();
+    let params = gpt.init_params(1);
+    let (b, t) = (1, 16);
+    let tokens: Vec<u32> = (0..t as u32).map(|i| i * 17 % 256).collect();
+    let targets: Vec<u32> = (0..t as u32).map(|i| i * 31 % 256).collect();
+    let mut acts = Activations::new(&gpt.config, b, t).unwrap();
+    let mut once = vec![0.0f32; gpt.num_params()];
+    gpt.forward(&params, &mut acts, &tokens, Some(&targets))
+        .unwrap();
+    gpt.backward(&params, &mut acts, &mut once, 1.0).unwrap();
+    let mut twice = vec![0.0f32; gpt.num_params()];
+    for _ in 0..2 {
+        gpt.forward(&params, &mut acts, &tokens, Some(&targets))
+            .unwrap();
+        gpt.backward(&params, &mut acts, &mut twice, 0.5).unwrap();
+    }
+    for (a, b) in once.iter().zip(&twice) {
+        assert!((a - b).abs() <= 1e-6 + 1e-5 * a.abs());
+    }
+    // A second backward without a new forward is an error, not garbage.
+    assert!(gpt.backward(&params, &mut acts, &mut twice, 1.0).is_err());
+}
+
+#[test]
+fn bad_tokens_are_errors() {
+    let gpt = Gpt::new(GptConfig::preset("tiny").unwrap()).unwrap();
+    let params = gpt.init_params(1);
+    let mut acts = Activations::new(&gpt.config, 1, 4).unwrap();
+    let e = gpt
+        .forward(&params, &mut acts, &[1, 2, 300, 4], None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("300") && e.contains("vocabulary"), "{e}");
+    assert!(gpt.forward(&params, &mut acts, &[1, 2], None).is_err());
+    assert!(Activations::new(&gpt.config, 1, 10_000).is_err());
+}
