@@ -1,1 +1,79 @@
-fn main() {}
+//! The `shoal` command line: train GPT-style models, sample from them, move weights
+//! between shoal checkpoints and Hugging Face directories, and measure throughput.
+//!
+//! Errors end here: each is printed as `error: ...` with its chain of causes and the
+//! process exits with status 1.
+
+mod bench;
+mod commands;
+mod plot;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Actor-based, elastic training for transformer language models.
+#[derive(Parser)]
+#[command(name = "shoal", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the tiny model on the built-in corpus for a minute or two, then sample from it.
+    Demo(commands::demo::DemoArgs),
+    /// Train a model (flags and/or a TOML config file; flags win).
+    Train(Box<commands::train::TrainArgs>),
+    /// Continue a prompt with a trained model.
+    Generate(commands::generate::GenerateArgs),
+    /// Write a shoal checkpoint's weights as a Hugging Face GPT-2 directory.
+    Export(commands::convert::ExportArgs),
+    /// Turn a Hugging Face GPT-2 directory into a shoal checkpoint (step 0, zero moments).
+    Import(commands::convert::ImportArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Train(a) => commands::train::run(*a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Export(a) => commands::convert::export(a),
+        Command::Import(a) => commands::convert::import(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Library errors often repeat their source in their own message; print each
+            // cause only when it adds something.
+            let mut shown = e.to_string();
+            eprintln!("error: {shown}");
+            for cause in e.chain().skip(1) {
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

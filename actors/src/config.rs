@@ -1,0 +1,485 @@
+//! The training configuration: what to train, on what data, with which hyper-parameters.
+//!
+//! A [`TrainConfig`] is read from TOML (every field optional, unknown fields rejected),
+//! overridden by command-line flags, checked by [`TrainConfig::validate`], and stored in
+//! every checkpoint so a run can be resumed without repeating its flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_models::GptConfig;
+
+use crate::error::{Result, TrainError};
+
+/// Everything a single-process training run needs to know.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The model architecture: a preset plus optional overrides.
+    pub model: ModelSpec,
+    /// Where the training and validation tokens come from.
+    pub data: DataSpec,
+    /// Sequences per micro-batch (B).
+    pub batch_size: usize,
+    /// Tokens per sequence (T); at most the model's `n_positions`.
+    pub seq_len: usize,
+    /// Micro-batches accumulated into one optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps of the whole run.
+    pub max_steps: u64,
+    /// Peak learning rate, reached at the end of warm-up.
+    pub lr: f32,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f32,
+    /// Steps of linear warm-up from zero.
+    pub warmup_steps: u64,
+    /// AdamW decoupled weight decay, applied to matrices only.
+    pub weight_decay: f32,
+    /// AdamW first-moment decay.
+    pub beta1: f32,
+    /// AdamW second-moment decay.
+    pub beta2: f32,
+    /// AdamW denominator epsilon.
+    pub eps: f32,
+    /// Maximum global gradient L2 norm; 0 turns clipping off.
+    pub grad_clip: f32,
+    /// Evaluate on the validation split every this many steps (0: never).
+    pub eval_every: u64,
+    /// Micro-batches of validation windows per domain and evaluation.
+    pub eval_batches: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// How many of the newest checkpoints to keep on disk.
+    pub keep_checkpoints: usize,
+    /// Directory for checkpoints, metrics and plots.
+    pub out_dir: PathBuf,
+    /// Seed of the parameter initialisation and of the data order.
+    pub seed: u64,
+    /// Compute threads (0: one per available core).
+    pub threads: usize,
+    /// Start from these weights (a shoal checkpoint or a Hugging Face GPT-2 directory)
+    /// instead of a random initialisation; the architecture then comes from there.
+    pub init: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelSpec::default(),
+            data: DataSpec::default(),
+            batch_size: 16,
+            seq_len: 128,
+            grad_accum: 1,
+            max_steps: 500,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup_steps: 50,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 4,
+            checkpoint_every: 250,
+            keep_checkpoints: 3,
+            out_dir: PathBuf::from("runs/train"),
+            seed: 1337,
+            threads: 0,
+            init: None,
+        }
+    }
+}
+
+/// A model preset name plus optional overrides of any [`GptConfig`] field.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSpec {
+    /// One of [`shoal_models::PRESETS`], e.g. `tiny` or `gpt2`.
+    pub preset: String,
+    /// Overrides the preset's vocabulary size.
+    pub vocab_size: Option<usize>,
+    /// Overrides the preset's position table length.
+    pub n_positions: Option<usize>,
+    /// Overrides the preset's number of blocks.
+    pub n_layer: Option<usize>,
+    /// Overrides the preset's number of heads.
+    pub n_head: Option<usize>,
+    /// Overrides the preset's width.
+    pub n_embd: Option<usize>,
+    /// Overrides the preset's LayerNorm epsilon.
+    pub layer_norm_eps: Option<f32>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            vocab_size: None,
+            n_positions: None,
+            n_layer: None,
+            n_head: None,
+            n_embd: None,
+            layer_norm_eps: None,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The preset with the overrides applied, validated.
+    pub fn resolve(&self) -> Result<GptConfig> {
+        let mut c = GptConfig::preset(&self.preset)?;
+        if let Some(v) = self.vocab_size {
+            c.vocab_size = v;
+        }
+        if let Some(v) = self.n_positions {
+            c.n_positions = v;
+        }
+        if let Some(v) = self.n_layer {
+            c.n_layer = v;
+        }
+        if let Some(v) = self.n_head {
+            c.n_head = v;
+        }
+        if let Some(v) = self.n_embd {
+            c.n_embd = v;
+        }
+        if let Some(v) = self.layer_norm_eps {
+            c.layer_norm_eps = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// The training data: the built-in synthetic corpus or token files grouped into domains.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSpec {
+    /// The generated corpus (grammar, arithmetic, copy, noise), byte-level.
+    Builtin {
+        /// Seed of the generator (independent of the training seed).
+        #[serde(default)]
+        seed: u64,
+        /// Tokens generated per domain, train and validation together.
+        #[serde(default = "default_tokens_per_domain")]
+        tokens_per_domain: usize,
+        /// Fraction of each domain held out for validation.
+        #[serde(default = "default_val_fraction")]
+        val_fraction: f64,
+    },
+    /// `.txt`, `.jsonl` or `.tok` files, one list per domain.
+    Files {
+        /// Domain name → files (relative paths are relative to the working directory).
+        domains: BTreeMap<String, Vec<PathBuf>>,
+        /// A Hugging Face `tokenizer.json`; byte-level tokens when absent.
+        #[serde(default)]
+        tokenizer: Option<PathBuf>,
+        /// Fraction of each domain held out for validation.
+        #[serde(default = "default_val_fraction")]
+        val_fraction: f64,
+    },
+}
+
+fn default_tokens_per_domain() -> usize {
+    200_000
+}
+
+fn default_val_fraction() -> f64 {
+    0.1
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec::Builtin {
+            seed: 0,
+            tokens_per_domain: default_tokens_per_domain(),
+            val_fraction: default_val_fraction(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> TrainError {
+    TrainError::InvalidConfig {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl TrainConfig {
+    /// Parses a config from TOML text; `origin` names the source in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| TrainError::ConfigParse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads a config from a TOML file (not yet validated: flags may still override it).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml_string(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Optimizer steps consume `batch_size * grad_accum * seq_len` tokens each.
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch_size * self.grad_accum * self.seq_len) as u64
+    }
+
+    /// The number of compute threads to use (resolving 0 to the available cores).
+    pub fn resolved_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Checks every field and returns the model configuration it describes.
+    ///
+    /// When `init` is set the architecture comes from the initial weights; call
+    /// [`TrainConfig::validate_for`] with that configuration instead.
+    pub fn validate(&self) -> Result<GptConfig> {
+        let model = self.model.resolve()?;
+        self.validate_for(&model)?;
+        Ok(model)
+    }
+
+    /// Checks every field against a given model configuration.
+    pub fn validate_for(&self, model: &GptConfig) -> Result<()> {
+        model.validate()?;
+        let positive = |field, v: usize| {
+            if v == 0 {
+                Err(invalid(field, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("batch_size", self.batch_size)?;
+        positive("seq_len", self.seq_len)?;
+        positive("grad_accum", self.grad_accum)?;
+        positive("keep_checkpoints", self.keep_checkpoints)?;
+        if self.seq_len > model.n_positions {
+            return Err(invalid(
+                "seq_len",
+                format!(
+                    "({}) exceeds the model's n_positions ({})",
+                    self.seq_len, model.n_positions
+                ),
+            ));
+        }
+        if self.max_steps == 0 {
+            return Err(invalid("max_steps", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", format!("must be positive, got {}", self.lr)));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return Err(invalid(
+                "min_lr",
+                format!("must be in [0, lr = {}], got {}", self.lr, self.min_lr),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid("weight_decay", "must be finite and non-negative"));
+        }
+        for (field, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(invalid(field, format!("must be in [0, 1), got {b}")));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(invalid(
+                "eps",
+                format!("must be positive, got {}", self.eps),
+            ));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(invalid(
+                "grad_clip",
+                format!("must be non-negative (0 = off), got {}", self.grad_clip),
+            ));
+        }
+        if self.eval_every > 0 {
+            positive("eval_batches", self.eval_batches)?;
+        }
+        if self.out_dir.as_os_str().is_empty() {
+            return Err(invalid("out_dir", "must not be empty"));
+        }
+        let fraction_ok = |f: f64| f.is_finite() && f > 0.0 && f < 1.0;
+        match &self.data {
+            DataSpec::Builtin {
+                tokens_per_domain,
+                val_fraction,
+                ..
+            } => {
+                if *tokens_per_domain == 0 {
+                    return Err(invalid("data.tokens_per_domain", "must be at least 1"));
+                }
+                if !fraction_ok(*val_fraction) {
+                    return Err(invalid("data.val_fraction", "must be in (0, 1)"));
+                }
+            }
+            DataSpec::Files {
+                domains,
+                val_fraction,
+                ..
+            } => {
+                if domains.is_empty() {
+                    return Err(invalid("data.domains", "needs at least one domain"));
+                }
+                if let Some((name, _)) = domains.iter().find(|(_, paths)| paths.is_empty()) {
+                    return Err(invalid(
+                        "data.domains",
+                        format!("domain `{name}` has no files"),
+                    ));
+                }
+                if !fraction_ok(*val_fraction) {
+                    return Err(invalid("data.val_fraction", "must be in (0, 1)"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TrainConfig> {
+        TrainConfig::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_roundtrip_through_toml() {
+        let c = TrainConfig::default();
+        let model = c.validate().unwrap();
+        assert_eq!(model, GptConfig::preset("tiny").unwrap());
+        let back = parse(&c.to_toml_string()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn parses_partial_files_and_overrides() {
+        let c = parse(
+            r#"
+            lr = 1e-3
+            min_lr = 1e-4
+            [model]
+            preset = "tiny"
+            n_layer = 2
+            [data]
+            source = "files"
+            tokenizer = "tok.json"
+            [data.domains]
+            drama = ["a.jsonl", "b.txt"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.lr, 1e-3);
+        assert_eq!(c.batch_size, TrainConfig::default().batch_size);
+        assert_eq!(c.validate().unwrap().n_layer, 2);
+        match &c.data {
+            DataSpec::Files {
+                domains,
+                tokenizer,
+                val_fraction,
+            } => {
+                assert_eq!(domains["drama"].len(), 2);
+                assert_eq!(tokenizer.as_deref(), Some(Path::new("tok.json")));
+                assert_eq!(*val_fraction, 0.1);
+            }
+            other => panic!("expected files, got {other:?}"),
+        }
+        let b = parse("[data]\nsource = \"builtin\"\ntokens_per_domain = 5000\n").unwrap();
+        assert!(matches!(
+            b.data,
+            DataSpec::Builtin {
+                tokens_per_domain: 5000,
+                seed: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_with_the_file_name() {
+        let e = parse("learning_rate = 0.1\n").unwrap_err().to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("learning_rate"),
+            "{e}"
+        );
+        let e = parse("[model]\npreset = \"tiny\"\nwidth = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("width"), "{e}");
+        let e = parse("[data]\nsource = \"builtin\"\nfoo = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("foo"), "{e}");
+        let e = parse("batch_size = \"eight\"\n").unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = TrainConfig::from_toml_file(Path::new("/nonexistent/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let check = |edit: &dyn Fn(&mut TrainConfig), needle: &str| {
+            let mut c = TrainConfig::default();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "expected `{needle}` in `{e}`");
+        };
+        check(&|c| c.model.n_head = Some(3), "divisible by n_head");
+        check(&|c| c.model.preset = "huge".into(), "unknown model preset");
+        check(&|c| c.seq_len = 4096, "n_positions");
+        check(&|c| c.batch_size = 0, "batch_size");
+        check(&|c| c.grad_accum = 0, "grad_accum");
+        check(&|c| c.lr = 0.0, "lr");
+        check(&|c| c.lr = f32::NAN, "lr");
+        check(&|c| c.min_lr = 1.0, "min_lr");
+        check(&|c| c.beta2 = 1.0, "beta2");
+        check(&|c| c.eps = 0.0, "eps");
+        check(&|c| c.grad_clip = -1.0, "grad_clip");
+        check(&|c| c.max_steps = 0, "max_steps");
+        check(&|c| c.keep_checkpoints = 0, "keep_checkpoints");
+        check(
+            &|c| {
+                c.data = DataSpec::Files {
+                    domains: BTreeMap::new(),
+                    tokenizer: None,
+                    val_fraction: 0.1,
+                }
+            },
+            "at least one domain",
+        );
+        check(
+            &|c| {
+                c.data = DataSpec::Builtin {
+                    seed: 0,
+                    tokens_per_domain: 100,
+                    val_fraction: 1.5,
+                }
+            },
+            "val_fraction",
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Errors of the actors crate: configuration, training, checkpoints and metrics.
+
+use std::path::PathBuf;
+
+use shoal_data::DataError;
+use shoal_models::ModelError;
+
+/// Everything that can go wrong while configuring, running or checkpointing training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A training configuration value is out of range or inconsistent.
+    #[error("invalid training config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The offending field, as spelled in the TOML file.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ConfigRead {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A config file is not valid TOML for a [`crate::TrainConfig`].
+    #[error("cannot parse config file {path}: {message}")]
+    ConfigParse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error, with line and column.
+        message: String,
+    },
+    /// The model crate rejected a configuration, an input or a file.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The data crate could not read, tokenize or sample the data.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A domain's tokens cannot be used with this model (e.g. a token id outside the vocabulary).
+    #[error("data domain `{domain}` ({split} split): {source}")]
+    DomainData {
+        /// The domain name.
+        domain: String,
+        /// `train` or `validation`.
+        split: &'static str,
+        /// What the data crate found.
+        source: DataError,
+    },
+    /// The rayon thread pool could not be built.
+    #[error("cannot start a pool of {threads} compute threads: {source}")]
+    ThreadPool {
+        /// Requested number of threads.
+        threads: usize,
+        /// The rayon error.
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// The loss became NaN or infinite: training diverged.
+    #[error(
+        "loss is not finite ({loss}) at step {step}; lower the learning rate or check the data"
+    )]
+    NonFiniteLoss {
+        /// The step (1-based) whose forward pass produced it.
+        step: u64,
+        /// The value.
+        loss: f32,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A checkpoint directory or file does not exist.
+    #[error("checkpoint not found: {path} does not exist")]
+    CheckpointMissing {
+        /// The path that was looked for.
+        path: PathBuf,
+    },
+    /// A checkpoint file exists but cannot be used (truncated, malformed, wrong version).
+    #[error("corrupt checkpoint {path}: {reason}")]
+    CheckpointCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor's bytes do not match the checksum recorded in `meta.json`.
+    #[error(
+        "corrupt checkpoint {path}: tensor `{tensor}` has crc32 {actual:08x}, meta.json records {expected:08x}"
+    )]
+    ChecksumMismatch {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Checksum recorded at save time.
+        expected: u32,
+        /// Checksum of the bytes on disk.
+        actual: u32,
+    },
+    /// A tensor's size does not match the parameter layout of the recorded model config.
+    #[error(
+        "checkpoint {path}: tensor `{tensor}` has {actual} elements but the model layout needs {expected}"
+    )]
+    LayoutMismatch {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Elements the layout needs.
+        expected: usize,
+        /// Elements found.
+        actual: usize,
+    },
+    /// A fresh run would mix its checkpoints with those of an earlier run.
+    #[error(
+        "{path} already holds checkpoints of an earlier run; resume it, pick another out_dir, or remove them"
+    )]
+    CheckpointsExist {
+        /// The checkpoints directory.
+        path: PathBuf,
+    },
+    /// A metrics file line is not a valid metrics record.
+    #[error("{path}:{line}: {reason}")]
+    BadMetrics {
+        /// The metrics file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl TrainError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,503 @@
+//! The single-process trainer: model, flat state, data mixture and compute pool, and the
+//! loop {step; log; evaluate every N; checkpoint every K}.
+//!
+//! The data order is a pure function of `(seed, step)`: micro-batch `micro` of step `s`
+//! holds the global samples `s·B·accum + micro·B + i`, so resuming needs no data state
+//! and a resumed run repeats an uninterrupted one bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use shoal_data::{Mixture, SyntheticCorpus, Tokenizer};
+use shoal_kernels::DecaySpan;
+use shoal_models::{Activations, Gpt, GptConfig, SampleOptions};
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
+use crate::config::{DataSpec, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
+use crate::schedule::LrSchedule;
+use crate::step::{StepHyper, TrainState, train_step};
+
+/// Receives progress from [`Trainer::run`]; every method has an empty default.
+pub trait TrainObserver {
+    /// The run starts after `start_step` completed steps and stops at `max_steps`.
+    fn on_start(&mut self, _start_step: u64, _max_steps: u64) {}
+    /// A step finished.
+    fn on_step(&mut self, _stats: &StepStats) {}
+    /// An evaluation finished.
+    fn on_eval(&mut self, _stats: &EvalStats) {}
+    /// A checkpoint was written to `dir`.
+    fn on_checkpoint(&mut self, _step: u64, _dir: &Path) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoopObserver;
+
+impl TrainObserver for NoopObserver {}
+
+/// What [`Trainer::run`] did.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Steps completed at the end.
+    pub step: u64,
+    /// The last step's statistics (none if the run had nothing left to do).
+    pub last_step: Option<StepStats>,
+    /// The last evaluation, if any ran.
+    pub last_eval: Option<EvalStats>,
+    /// The newest checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// The metrics file.
+    pub metrics: PathBuf,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+}
+
+/// The data of a run: the mixture, its tokenizer, and the tokenizer file if there is one.
+pub struct LoadedData {
+    /// Train and validation splits per domain.
+    pub mixture: Mixture,
+    /// How text maps to token ids.
+    pub tokenizer: Tokenizer,
+    /// The `tokenizer.json` the tokenizer came from (copied into checkpoints).
+    pub tokenizer_json: Option<PathBuf>,
+}
+
+/// Loads the data a [`DataSpec`] describes.
+pub fn load_data(spec: &DataSpec) -> Result<LoadedData> {
+    match spec {
+        DataSpec::Builtin {
+            seed,
+            tokens_per_domain,
+            val_fraction,
+        } => Ok(LoadedData {
+            mixture: SyntheticCorpus::new(*seed).mixture(*tokens_per_domain, *val_fraction)?,
+            tokenizer: Tokenizer::bytes(),
+            tokenizer_json: None,
+        }),
+        DataSpec::Files {
+            domains,
+            tokenizer,
+            val_fraction,
+        } => {
+            let tok = match tokenizer {
+                Some(p) => Tokenizer::from_file(p)?,
+                None => Tokenizer::bytes(),
+            };
+            let list: Vec<(String, Vec<PathBuf>)> = domains
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Ok(LoadedData {
+                mixture: shoal_data::mixture_from_files(&list, &tok, *val_fraction)?,
+                tokenizer: tok,
+                tokenizer_json: tokenizer.clone(),
+            })
+        }
+    }
+}
+
+/// Loads starting weights from a shoal checkpoint (or run directory) or a Hugging Face
+/// GPT-2 directory (`config.json` + `model.safetensors`).
+pub fn load_weights(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
+    if path.join("config.json").is_file() && !path.join(crate::checkpoint::META_FILE).exists() {
+        return Ok(shoal_models::hf::load(path)?);
+    }
+    let dir = resolve_checkpoint_dir(path)?;
+    let ckpt = Checkpoint::load(&dir)?;
+    Ok((ckpt.meta.model, ckpt.params))
+}
+
+/// Continues `prompt` like [`Gpt::generate`], but never shows the model more than
+/// `context` tokens: a model trained on windows shorter than its position table has never
+/// seen the positions beyond them, and sampling there produces garbage.
+pub fn generate_within(
+    model: &Gpt,
+    params: &[f32],
+    prompt: &[u32],
+    opts: &SampleOptions,
+    context: usize,
+) -> Result<Vec<u32>> {
+    if context >= model.config.n_positions || context == 0 {
+        return Ok(model.generate(params, prompt, opts)?);
+    }
+    let mut seq = prompt.to_vec();
+    for i in 0..opts.max_new_tokens {
+        let tail = &seq[seq.len().saturating_sub(context - 1)..];
+        let one = SampleOptions {
+            max_new_tokens: 1,
+            // A different, deterministic seed per position.
+            seed: opts
+                .seed
+                .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ..opts.clone()
+        };
+        let next = model.generate(params, tail, &one)?;
+        seq.extend(next);
+    }
+    Ok(seq.split_off(prompt.len()))
+}
+
+/// Trains one model in one process on a rayon pool of `config.threads` threads.
+pub struct Trainer {
+    config: TrainConfig,
+    model: Gpt,
+    state: TrainState,
+    acts: Activations,
+    spans: Vec<DecaySpan>,
+    schedule: LrSchedule,
+    data: LoadedData,
+    pool: rayon::ThreadPool,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    tokens_seen: u64,
+    resumed_from: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// A fresh run: random initialisation from `seed`, or the weights `config.init` names.
+    pub fn new(config: TrainConfig) -> Result<Self> {
+        let (model, params) = match &config.init {
+            Some(path) => {
+                if config.model != crate::config::ModelSpec::default() {
+                    tracing::warn!("`init` is set: the model architecture comes from its weights");
+                }
+                let (model, params) = load_weights(path)?;
+                tracing::info!(path = %path.display(), "initial weights loaded");
+                (model, Some(params))
+            }
+            None => (config.model.resolve()?, None),
+        };
+        Self::build(config, model, params)
+    }
+
+    /// Resumes the run a checkpoint (or run directory) holds, with its stored config.
+    pub fn resume(dir: &Path) -> Result<Self> {
+        let dir = resolve_checkpoint_dir(dir)?;
+        let meta = Checkpoint::load_meta(&dir)?;
+        let config = meta.train.ok_or_else(|| TrainError::CheckpointCorrupt {
+            path: dir.join(crate::checkpoint::META_FILE),
+            reason: "holds no training config (imported weights?); use it as `init` instead".into(),
+        })?;
+        Self::resume_with(&dir, config)
+    }
+
+    /// Resumes from a checkpoint with a (possibly changed) config; the architecture comes
+    /// from the checkpoint. Changing batch shape or seed changes the data order.
+    pub fn resume_with(dir: &Path, config: TrainConfig) -> Result<Self> {
+        let dir = resolve_checkpoint_dir(dir)?;
+        let ckpt = Checkpoint::load(&dir)?;
+        let mut t = Self::build(config, ckpt.meta.model.clone(), Some(ckpt.params))?;
+        if ckpt.meta.tokenizer != t.data.tokenizer.describe() {
+            tracing::warn!(
+                checkpoint = %ckpt.meta.tokenizer,
+                now = %t.data.tokenizer.describe(),
+                "the data is tokenized differently from the checkpoint's run"
+            );
+        }
+        t.state.adam_m = ckpt.adam_m;
+        t.state.adam_v = ckpt.adam_v;
+        t.state.step = ckpt.meta.step;
+        t.tokens_seen = ckpt.meta.tokens_seen;
+        t.resumed_from = Some(dir);
+        Ok(t)
+    }
+
+    fn build(config: TrainConfig, model: GptConfig, params: Option<Vec<f32>>) -> Result<Self> {
+        config.validate_for(&model)?;
+        let threads = config.resolved_threads();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shoal-compute-{i}"))
+            .build()
+            .map_err(|source| TrainError::ThreadPool { threads, source })?;
+        let data = load_data(&config.data)?;
+        let vocab = model.vocab_size;
+        if data.tokenizer.vocab_size() > vocab {
+            return Err(TrainError::InvalidConfig {
+                field: "model.vocab_size",
+                reason: format!(
+                    "({vocab}) is smaller than the tokenizer's vocabulary ({}: {})",
+                    data.tokenizer.vocab_size(),
+                    data.tokenizer.describe()
+                ),
+            });
+        }
+        let t = config.seq_len;
+        for d in &data.mixture.domains {
+            for (split, ds) in [("train", &d.train), ("validation", &d.val)] {
+                ds.check_vocab(vocab)
+                    .map_err(|source| TrainError::DomainData {
+                        domain: d.name.clone(),
+                        split,
+                        source,
+                    })?;
+                if ds.num_windows(t) == 0 {
+                    return Err(TrainError::InvalidConfig {
+                        field: "seq_len",
+                        reason: format!(
+                            "({t}) needs {} tokens per window but the {split} split of domain \
+                             `{}` holds only {}",
+                            t + 1,
+                            d.name,
+                            ds.len()
+                        ),
+                    });
+                }
+            }
+        }
+        let gpt = Gpt::new(model)?;
+        let params = match params {
+            Some(p) => p,
+            None => gpt.init_params(config.seed),
+        };
+        let acts = Activations::new(&gpt.config, config.batch_size, t)?;
+        let n = config.batch_size * t;
+        Ok(Self {
+            spans: gpt.layout.decay_spans(),
+            schedule: LrSchedule {
+                max_lr: config.lr,
+                min_lr: config.min_lr,
+                warmup_steps: config.warmup_steps,
+                total_steps: config.max_steps,
+            },
+            state: TrainState::new(params),
+            model: gpt,
+            acts,
+            data,
+            pool,
+            tokens: vec![0; n],
+            targets: vec![0; n],
+            tokens_seen: 0,
+            resumed_from: None,
+            config,
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Gpt {
+        &self.model
+    }
+
+    /// Parameters, gradients, moments and step.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Optimizer steps completed.
+    pub fn step_count(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Training tokens consumed so far.
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens_seen
+    }
+
+    /// The data mixture.
+    pub fn mixture(&self) -> &Mixture {
+        &self.data.mixture
+    }
+
+    /// The tokenizer of the data.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.data.tokenizer
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &LrSchedule {
+        &self.schedule
+    }
+
+    /// The checkpoint this trainer was resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// Runs one optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let start = Instant::now();
+        let c = &self.config;
+        let (b, t, accum, seed) = (c.batch_size, c.seq_len, c.grad_accum, c.seed);
+        let step = self.state.step;
+        let hp = StepHyper {
+            lr: self.schedule.lr(step),
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            grad_clip: c.grad_clip,
+            grad_accum: accum,
+        };
+        let mixture = &self.data.mixture;
+        let fill = |micro: usize, tokens: &mut [u32], targets: &mut [u32]| -> Result<()> {
+            let first = (step * (b * accum) as u64) + (micro * b) as u64;
+            for (i, (x, y)) in tokens.chunks_mut(t).zip(targets.chunks_mut(t)).enumerate() {
+                mixture.sample(seed, first + i as u64, t, x, y)?;
+            }
+            Ok(())
+        };
+        let (model, state, acts, spans) =
+            (&self.model, &mut self.state, &mut self.acts, &self.spans);
+        let (tokens, targets) = (&mut self.tokens, &mut self.targets);
+        let out = self
+            .pool
+            .install(|| train_step(model, state, acts, spans, &hp, tokens, targets, fill))?;
+        let n_tokens = c.tokens_per_step();
+        self.tokens_seen += n_tokens;
+        Ok(StepStats {
+            step: self.state.step,
+            loss: out.loss,
+            lr: hp.lr,
+            grad_norm: out.grad_norm,
+            tokens: n_tokens,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean validation loss of every domain over `eval_batches` micro-batches of windows
+    /// spread evenly over its validation split (the same windows every time).
+    pub fn evaluate(&mut self) -> Result<EvalStats> {
+        let (b, t) = (self.config.batch_size, self.config.seq_len);
+        let batches = self.config.eval_batches.max(1);
+        let wanted = batches * b;
+        let (model, params, acts) = (&self.model, &self.state.params, &mut self.acts);
+        let (tokens, targets) = (&mut self.tokens, &mut self.targets);
+        let mixture = &self.data.mixture;
+        let domains = self.pool.install(|| -> Result<Vec<DomainEval>> {
+            let mut out = Vec::with_capacity(mixture.domains.len());
+            for d in &mixture.domains {
+                let have = d.val.num_windows(t);
+                let mut sum = 0.0f64;
+                for batch in 0..batches {
+                    for i in 0..b {
+                        let j = batch * b + i;
+                        let w = if have >= wanted {
+                            j * have / wanted
+                        } else {
+                            j % have
+                        };
+                        let (x, y) = (
+                            &mut tokens[i * t..(i + 1) * t],
+                            &mut targets[i * t..(i + 1) * t],
+                        );
+                        d.val.window(w, t, x, y)?;
+                    }
+                    let loss = model.forward(params, acts, tokens, Some(targets))?;
+                    sum += f64::from(loss.unwrap_or(f32::NAN));
+                }
+                out.push(DomainEval {
+                    name: d.name.clone(),
+                    loss: (sum / batches as f64) as f32,
+                    floor: d.entropy_floor,
+                });
+            }
+            Ok(out)
+        })?;
+        Ok(EvalStats {
+            step: self.state.step,
+            domains,
+        })
+    }
+
+    /// The current state as a checkpoint.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut ckpt = Checkpoint::from_weights(
+            self.model.config.clone(),
+            self.state.params.clone(),
+            self.data.tokenizer.describe(),
+        );
+        ckpt.adam_m = self.state.adam_m.clone();
+        ckpt.adam_v = self.state.adam_v.clone();
+        ckpt.meta.step = self.state.step;
+        ckpt.meta.tokens_seen = self.tokens_seen;
+        ckpt.meta.train = Some(self.config.clone());
+        ckpt.tokenizer_json = self.data.tokenizer_json.clone();
+        ckpt
+    }
+
+    /// Writes a checkpoint into `out_dir/checkpoints/` and returns its directory.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        CheckpointStore::new(&self.config.out_dir, self.config.keep_checkpoints)
+            .save(&self.checkpoint())
+    }
+
+    /// Continues `prompt` with the current parameters, within the trained context length.
+    pub fn sample(&self, prompt: &str, opts: &SampleOptions) -> Result<String> {
+        let ids = self.data.tokenizer.encode(prompt)?;
+        let params = &self.state.params;
+        let new = self
+            .pool
+            .install(|| generate_within(&self.model, params, &ids, opts, self.config.seq_len))?;
+        Ok(self.data.tokenizer.decode(&new)?)
+    }
+
+    /// Trains until `max_steps`, evaluating every `eval_every` steps (and at the start of
+    /// a fresh run and at the end), checkpointing every `checkpoint_every` steps and at the
+    /// end, and writing `out_dir/metrics.jsonl`.
+    pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
+        let start = Instant::now();
+        let out_dir = self.config.out_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
+        let store = CheckpointStore::new(&out_dir, self.config.keep_checkpoints);
+        if self.resumed_from.is_none() && !store.list()?.is_empty() {
+            return Err(TrainError::CheckpointsExist {
+                path: store.root().to_path_buf(),
+            });
+        }
+        let config_path = out_dir.join("config.toml");
+        std::fs::write(&config_path, self.config.to_toml_string())
+            .map_err(|e| TrainError::io(&config_path, e))?;
+        let mut metrics = MetricsWriter::open(&out_dir.join("metrics.jsonl"), self.state.step)?;
+        let (max, eval_every, ckpt_every) = (
+            self.config.max_steps,
+            self.config.eval_every,
+            self.config.checkpoint_every,
+        );
+        observer.on_start(self.state.step, max);
+        let mut summary = RunSummary {
+            step: self.state.step,
+            last_step: None,
+            last_eval: None,
+            checkpoint: self.resumed_from.clone(),
+            metrics: metrics.path().to_path_buf(),
+            seconds: 0.0,
+        };
+        if eval_every > 0 && self.state.step == 0 {
+            let e = self.evaluate()?;
+            metrics.log_eval(&e)?;
+            observer.on_eval(&e);
+            summary.last_eval = Some(e);
+        }
+        while self.state.step < max {
+            let s = self.step()?;
+            metrics.log_step(&s)?;
+            observer.on_step(&s);
+            let done = s.step == max;
+            if eval_every > 0 && (s.step % eval_every == 0 || done) {
+                let e = self.evaluate()?;
+                metrics.log_eval(&e)?;
+                observer.on_eval(&e);
+                summary.last_eval = Some(e);
+            }
+            if (ckpt_every > 0 && s.step % ckpt_every == 0) || done {
+                let dir = store.save(&self.checkpoint())?;
+                observer.on_checkpoint(s.step, &dir);
+                summary.checkpoint = Some(dir);
+            }
+            summary.last_step = Some(s);
+        }
+        summary.step = self.state.step;
+        summary.seconds = start.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+#[path = "trainer_tests.rs"]
+mod tests;

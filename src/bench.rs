@@ -1,0 +1,212 @@
+//! `shoal bench train`: training throughput of the benchmark models against the
+//! measured GEMM peak and the PyTorch numbers of issue #2.
+//!
+//! Same setup as `../shared/bench/peers/torch_gpt_train.py`: uniform random tokens,
+//! AdamW (lr 3e-4, betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping at
+//! 1.0, untimed warm-up steps, then timed steps, all on a rayon pool of N threads.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use shoal_actors::{StepHyper, TrainState, train_step};
+use shoal_models::{Activations, Gpt, GptConfig};
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training throughput (tokens/s, step time, model FLOP utilisation).
+    Train(BenchTrainArgs),
+}
+
+/// Flags of `shoal bench train`.
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Timed steps per configuration.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps per configuration.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Model presets to measure.
+    #[arg(long, value_delimiter = ',', default_value = "bench-5m,bench-30m")]
+    pub models: Vec<String>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+}
+
+/// The GEMM whose rate counts as the peak: GPT-2's MLP matmul `(B·T = 4096, 4C = 3072,
+/// C = 768)`, where `gemm` comes closest to the CPU's FMA peak (see `../shared/CRATES.md`).
+const PEAK_SHAPE: (usize, usize, usize) = (4096, 3072, 768);
+
+/// PyTorch 2.15 eager, fp32, 1 process, tokens/s, from the table of issue #2.
+fn pytorch_reference(model: &str, threads: usize) -> Option<f64> {
+    match (model, threads) {
+        ("bench-5m", 1) => Some(1685.0),
+        ("bench-5m", 2) => Some(3533.0),
+        ("bench-30m", 1) => Some(371.0),
+        ("bench-30m", 2) => Some(706.0),
+        _ => None,
+    }
+}
+
+/// splitmix64: uniform random tokens without a dependency.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One row of the table.
+struct Row {
+    model: String,
+    params: usize,
+    threads: usize,
+    tokens_per_s: f64,
+    step_ms: f64,
+    optimizer_ms: f64,
+    tflops: f64,
+    peak_gflops: f64,
+    torch: Option<f64>,
+}
+
+fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -> Result<Row> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start the compute threads")?;
+    let model = Gpt::new(config.clone())?;
+    let (b, t) = (a.batch, a.seq_len);
+    let mut acts = Activations::new(config, b, t)?;
+    let mut state = TrainState::new(model.init_params(1337));
+    let spans = model.layout.decay_spans();
+    let hp = StepHyper {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        grad_accum: 1,
+    };
+    let (mut tokens, mut targets) = (vec![0u32; b * t], vec![0u32; b * t]);
+    let vocab = config.vocab_size as u64;
+    let mut rng = 1337u64;
+    let (m, n, k) = PEAK_SHAPE;
+    let peak_gflops = pool.install(|| shoal_kernels::measure_gemm_gflops(m, n, k, 5));
+    let mut times = Vec::with_capacity(a.steps);
+    let (mut total, mut optimizer) = (0.0, 0.0);
+    for i in 0..a.warmup + a.steps {
+        let start = Instant::now();
+        let outcome = pool.install(|| {
+            train_step(
+                &model,
+                &mut state,
+                &mut acts,
+                &spans,
+                &hp,
+                &mut tokens,
+                &mut targets,
+                |_, x, y| {
+                    // A row of T+1 random tokens per sequence, shifted by one for targets.
+                    for (xs, ys) in x.chunks_mut(t).zip(y.chunks_mut(t)) {
+                        let mut prev = (splitmix(&mut rng) % vocab) as u32;
+                        for (xi, yi) in xs.iter_mut().zip(ys.iter_mut()) {
+                            let next = (splitmix(&mut rng) % vocab) as u32;
+                            (*xi, *yi) = (prev, next);
+                            prev = next;
+                        }
+                    }
+                    Ok(())
+                },
+            )
+        })?;
+        let dt = start.elapsed().as_secs_f64();
+        if i >= a.warmup {
+            times.push(dt);
+            total += dt;
+            optimizer += outcome.optimizer_seconds;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let tokens_per_s = (b * t * a.steps) as f64 / total;
+    Ok(Row {
+        model: name.to_string(),
+        params: model.num_params(),
+        threads,
+        tokens_per_s,
+        step_ms: times[times.len() / 2] * 1e3,
+        optimizer_ms: optimizer / a.steps as f64 * 1e3,
+        tflops: config.flops_per_token(t) * tokens_per_s / 1e12,
+        peak_gflops,
+        torch: pytorch_reference(name, threads),
+    })
+}
+
+/// `shoal bench train`.
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Train(a) = cmd;
+    if a.steps == 0 || a.threads.contains(&0) || a.batch == 0 || a.seq_len == 0 {
+        bail!("--steps, --threads, --batch and --seq-len must be positive");
+    }
+    println!(
+        "shoal bench train: batch {}, seq {}, {} warm-up + {} timed steps, fp32 AdamW + clip",
+        a.batch, a.seq_len, a.warmup, a.steps
+    );
+    println!(
+        "{:<10} {:>11} {:>7} {:>10} {:>9} {:>7} {:>9} {:>10} {:>6} {:>10} {:>8}",
+        "model",
+        "params",
+        "threads",
+        "tokens/s",
+        "step ms",
+        "opt ms",
+        "TFLOP/s",
+        "GEMM GF/s",
+        "MFU",
+        "torch t/s",
+        "vs torch"
+    );
+    for name in &a.models {
+        let config = GptConfig::preset(name)?;
+        for &threads in &a.threads {
+            let r = measure(&a, name, &config, threads)
+                .with_context(|| format!("benchmark of {name} on {threads} threads failed"))?;
+            let mfu = r.tflops * 1e3 / r.peak_gflops;
+            let (torch, ratio) = match r.torch {
+                Some(x) => (format!("{x:.0}"), format!("{:.2}x", r.tokens_per_s / x)),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:<10} {:>11} {:>7} {:>10.0} {:>9.0} {:>7.0} {:>9.3} {:>10.1} {:>5.0}% {:>10} {:>8}",
+                r.model,
+                r.params,
+                r.threads,
+                r.tokens_per_s,
+                r.step_ms,
+                r.optimizer_ms,
+                r.tflops,
+                r.peak_gflops,
+                mfu * 100.0,
+                torch,
+                ratio
+            );
+        }
+    }
+    println!(
+        "torch t/s: PyTorch 2.15 eager (issue #2, same machine kind), 1 process, same model, \
+         threads and batch. opt ms: grad norm + clip + AdamW \
+         of the step. MFU = model FLOPs (flops_per_token x tokens/s) / measured GEMM peak \
+         (fastest of 5 matmuls of 4096x768 by 768x3072 on that many threads)."
+    );
+    Ok(())
+}

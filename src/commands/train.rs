@@ -1,0 +1,313 @@
+//! `shoal train`: build a [`TrainConfig`] from a file and flags, then run the trainer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use shoal_actors::{
+    Checkpoint, DataSpec, RunSummary, TrainConfig, Trainer, resolve_checkpoint_dir,
+};
+
+use crate::progress::ProgressObserver;
+
+/// Flags of `shoal train`; every one overrides the config file's value.
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// TOML config file (fields as in `TrainConfig`; flags override it).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Model preset: tiny, small, bench-5m, bench-30m, gpt2.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override the preset's number of layers.
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Override the preset's number of heads.
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Override the preset's width.
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Override the preset's position table length.
+    #[arg(long)]
+    pub n_positions: Option<usize>,
+    /// Override the preset's vocabulary size.
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Train on the built-in synthetic corpus.
+    #[arg(long, conflicts_with = "data")]
+    pub data_builtin: bool,
+    /// Tokens per domain of the built-in corpus.
+    #[arg(long)]
+    pub tokens_per_domain: Option<usize>,
+    /// A data domain and its files (.txt, .jsonl, .tok); repeat for more domains.
+    #[arg(long, value_name = "DOMAIN=PATH[,PATH]")]
+    pub data: Vec<String>,
+    /// A Hugging Face tokenizer.json for --data files (default: bytes).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Fraction of each domain held out for validation.
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Tokens per sequence.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Total optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Final learning rate of the cosine decay.
+    #[arg(long)]
+    pub min_lr: Option<f32>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// AdamW weight decay (matrices only).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long)]
+    pub grad_clip: Option<f32>,
+    /// Evaluate every N steps (0: never).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Validation micro-batches per domain.
+    #[arg(long)]
+    pub eval_batches: Option<usize>,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints to keep.
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
+    /// Output directory (checkpoints, metrics.jsonl, loss.svg).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Seed of initialisation and data order.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Compute threads (0: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Start from these weights: a shoal checkpoint or a Hugging Face GPT-2 directory.
+    #[arg(long, value_name = "DIR")]
+    pub init: Option<PathBuf>,
+    /// Resume a run: a checkpoint directory, a run's out_dir, or `latest` (of --out-dir).
+    #[arg(long, value_name = "DIR|latest", conflicts_with = "init")]
+    pub resume: Option<String>,
+    /// Delete the checkpoints and metrics of an earlier run in --out-dir first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// Parses `DOMAIN=PATH[,PATH...]`.
+fn parse_domain(spec: &str) -> Result<(String, Vec<PathBuf>)> {
+    let (name, paths) = spec
+        .split_once('=')
+        .with_context(|| format!("--data `{spec}`: expected DOMAIN=PATH[,PATH]"))?;
+    let paths: Vec<PathBuf> = paths
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if name.is_empty() || paths.is_empty() {
+        bail!("--data `{spec}`: expected DOMAIN=PATH[,PATH]");
+    }
+    Ok((name.to_string(), paths))
+}
+
+impl TrainArgs {
+    /// Applies the flags on top of `c`.
+    pub fn apply(&self, c: &mut TrainConfig) -> Result<()> {
+        set(&mut c.model.preset, self.preset.clone());
+        for (slot, v) in [
+            (&mut c.model.n_layer, self.n_layer),
+            (&mut c.model.n_head, self.n_head),
+            (&mut c.model.n_embd, self.n_embd),
+            (&mut c.model.n_positions, self.n_positions),
+            (&mut c.model.vocab_size, self.vocab_size),
+        ] {
+            if v.is_some() {
+                *slot = v;
+            }
+        }
+        if self.data_builtin && !matches!(c.data, DataSpec::Builtin { .. }) {
+            c.data = DataSpec::default();
+        }
+        if !self.data.is_empty() {
+            let mut domains = BTreeMap::new();
+            for spec in &self.data {
+                let (name, paths) = parse_domain(spec)?;
+                domains.entry(name).or_insert_with(Vec::new).extend(paths);
+            }
+            let val_fraction = match &c.data {
+                DataSpec::Files { val_fraction, .. } => *val_fraction,
+                DataSpec::Builtin { .. } => 0.1,
+            };
+            c.data = DataSpec::Files {
+                domains,
+                tokenizer: None,
+                val_fraction,
+            };
+        }
+        match &mut c.data {
+            DataSpec::Builtin {
+                tokens_per_domain,
+                val_fraction,
+                ..
+            } => {
+                if self.tokenizer.is_some() {
+                    bail!("--tokenizer applies to --data files, not to the built-in corpus");
+                }
+                set(tokens_per_domain, self.tokens_per_domain);
+                set(val_fraction, self.val_fraction);
+            }
+            DataSpec::Files {
+                tokenizer,
+                val_fraction,
+                ..
+            } => {
+                if self.tokens_per_domain.is_some() {
+                    bail!("--tokens-per-domain applies to the built-in corpus only");
+                }
+                if self.tokenizer.is_some() {
+                    *tokenizer = self.tokenizer.clone();
+                }
+                set(val_fraction, self.val_fraction);
+            }
+        }
+        set(&mut c.batch_size, self.batch_size);
+        set(&mut c.seq_len, self.seq_len);
+        set(&mut c.grad_accum, self.grad_accum);
+        set(&mut c.max_steps, self.max_steps);
+        set(&mut c.lr, self.lr);
+        set(&mut c.min_lr, self.min_lr);
+        set(&mut c.warmup_steps, self.warmup_steps);
+        set(&mut c.weight_decay, self.weight_decay);
+        set(&mut c.grad_clip, self.grad_clip);
+        set(&mut c.eval_every, self.eval_every);
+        set(&mut c.eval_batches, self.eval_batches);
+        set(&mut c.checkpoint_every, self.checkpoint_every);
+        set(&mut c.keep_checkpoints, self.keep_checkpoints);
+        set(&mut c.out_dir, self.out_dir.clone());
+        set(&mut c.seed, self.seed);
+        set(&mut c.threads, self.threads);
+        if self.init.is_some() {
+            c.init = self.init.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Builds the trainer the flags describe: fresh, from `--init`, or resumed.
+pub fn build_trainer(args: &TrainArgs) -> Result<Trainer> {
+    let file = match &args.config {
+        Some(path) => Some(TrainConfig::from_toml_file(path)?),
+        None => None,
+    };
+    // Name the config file in validation errors, since most values come from it.
+    let origin = || match &args.config {
+        Some(p) => format!("invalid training config (from {} and flags)", p.display()),
+        None => "invalid training config (from flags)".to_string(),
+    };
+    let Some(resume) = &args.resume else {
+        let mut config = file.unwrap_or_default();
+        args.apply(&mut config)?;
+        if config.init.is_none() {
+            config.validate().with_context(origin)?;
+        }
+        if args.overwrite {
+            remove_previous_run(&config.out_dir)?;
+        }
+        return Ok(Trainer::new(config)?);
+    };
+    let dir = if resume == "latest" {
+        let mut c = file.clone().unwrap_or_default();
+        args.apply(&mut c)?;
+        let root = c.out_dir.join("checkpoints");
+        resolve_checkpoint_dir(&root)
+            .with_context(|| format!("--resume latest: no checkpoint under {}", root.display()))?
+    } else {
+        resolve_checkpoint_dir(Path::new(resume))?
+    };
+    let meta = Checkpoint::load_meta(&dir)?;
+    let mut config = file.or(meta.train).unwrap_or_default();
+    args.apply(&mut config)?;
+    config.init = None;
+    let trainer = Trainer::resume_with(&dir, config)
+        .with_context(|| format!("cannot resume from {}", dir.display()))?;
+    eprintln!(
+        "resuming from {} at step {}",
+        dir.display(),
+        trainer.step_count()
+    );
+    Ok(trainer)
+}
+
+/// Removes what an earlier run left in `out_dir` (checkpoints, metrics, plot).
+pub fn remove_previous_run(out_dir: &Path) -> Result<()> {
+    let ckpts = out_dir.join("checkpoints");
+    if ckpts.exists() {
+        std::fs::remove_dir_all(&ckpts)
+            .with_context(|| format!("cannot remove {}", ckpts.display()))?;
+    }
+    for f in ["metrics.jsonl", "loss.svg"] {
+        let p = out_dir.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `trainer` to its `max_steps` with a progress bar, then plots the metrics.
+pub fn train_with_progress(trainer: &mut Trainer) -> Result<(RunSummary, PathBuf)> {
+    let mut progress = ProgressObserver::new();
+    let result = trainer.run(&mut progress);
+    progress.finish();
+    let summary = result?;
+    let plot = trainer.config().out_dir.join("loss.svg");
+    crate::plot::plot_metrics(&summary.metrics, &plot)?;
+    Ok((summary, plot))
+}
+
+/// `shoal train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut trainer = build_trainer(&args)?;
+    let c = trainer.config();
+    eprintln!(
+        "training {} params ({} layers, width {}) for {} steps of {} tokens on {} threads -> {}",
+        trainer.model().num_params(),
+        trainer.model().config.n_layer,
+        trainer.model().config.n_embd,
+        c.max_steps,
+        c.tokens_per_step(),
+        c.resolved_threads(),
+        c.out_dir.display()
+    );
+    let (summary, plot) = train_with_progress(&mut trainer)?;
+    if let Some(s) = &summary.last_step {
+        println!("final step {}: train loss {:.4}", s.step, s.loss);
+    }
+    if let Some(dir) = &summary.checkpoint {
+        println!("checkpoint: {}", dir.display());
+    }
+    println!("metrics:    {}", summary.metrics.display());
+    println!("plot:       {}", plot.display());
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The loss curve: training loss, per-domain validation loss and the domains' entropy
+//! floors (dashed), drawn from `metrics.jsonl` into an SVG file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use shoal_actors::MetricsRecord;
+
+/// Colours of the validation curves, one per domain (cycled).
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Points of one curve.
+type Series = Vec<(f64, f64)>;
+
+/// Reads `metrics` and writes the plot to `out`.
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+    let records = shoal_actors::read_metrics(metrics)?;
+    let mut train: Series = Vec::new();
+    let mut evals: BTreeMap<String, Series> = BTreeMap::new();
+    let mut floors: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &records {
+        match r {
+            MetricsRecord::Step(s) => train.push((s.step as f64, f64::from(s.loss))),
+            MetricsRecord::Eval { step, eval, floor } => {
+                for (name, loss) in eval {
+                    evals
+                        .entry(name.clone())
+                        .or_default()
+                        .push((*step as f64, *loss));
+                }
+                floors.extend(floor.iter().map(|(k, v)| (k.clone(), *v)));
+            }
+        }
+    }
+    draw(&train, &evals, &floors, out)
+        .with_context(|| format!("cannot draw the loss curve into {}", out.display()))
+}
+
+/// An exponential moving average, to show the trend of the noisy training loss.
+fn smoothed(points: &Series, alpha: f64) -> Series {
+    let mut avg = None;
+    points
+        .iter()
+        .map(|&(x, y)| {
+            let a = avg.map_or(y, |a: f64| a + alpha * (y - a));
+            avg = Some(a);
+            (x, a)
+        })
+        .collect()
+}
+
+fn draw(
+    train: &Series,
+    evals: &BTreeMap<String, Series>,
+    floors: &BTreeMap<String, f64>,
+    out: &Path,
+) -> Result<()> {
+    let all_y = train
+        .iter()
+        .chain(evals.values().flatten())
+        .map(|p| p.1)
+        .chain(floors.values().copied())
+        .filter(|y| y.is_finite());
+    let (lo, hi) = all_y.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let max_x = train
+        .iter()
+        .chain(evals.values().flatten())
+        .map(|p| p.0)
+        .fold(1.0, f64::max);
+
+    let root = SVGBackend::new(out, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("shoal: loss (nats/token)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_x, (lo - pad).max(0.0)..hi + pad)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .y_desc("cross-entropy")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+
+    if !train.is_empty() {
+        chart.draw_series(LineSeries::new(train.iter().copied(), BLACK.mix(0.2)))?;
+        chart
+            .draw_series(LineSeries::new(smoothed(train, 0.1), BLACK.stroke_width(2)))?
+            .label("train (EMA)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+    }
+    for (i, (name, points)) in evals.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(format!("val {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        if let Some(&floor) = floors.get(name) {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(0.0, floor), (max_x, floor)],
+                    8,
+                    6,
+                    color.mix(0.8).stroke_width(1),
+                ))?
+                .label(format!("floor {name} ({floor:.3})"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 6, y), (x + 12, y)], color.mix(0.8))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_an_svg_from_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        let mut text = String::new();
+        for s in 1..=20 {
+            text += &format!(
+                "{{\"step\":{s},\"loss\":{},\"lr\":0.001,\"grad_norm\":1.0,\"tokens\":64,\"tokens_per_s\":100.0,\"seconds\":0.1}}\n",
+                5.0 / s as f64
+            );
+        }
+        text += "{\"step\":10,\"eval\":{\"copy\":1.2,\"noise\":5.5},\"floor\":{\"copy\":0.6,\"noise\":5.545}}\n";
+        text += "{\"step\":20,\"eval\":{\"copy\":0.9,\"noise\":5.6},\"floor\":{\"copy\":0.6,\"noise\":5.545}}\n";
+        std::fs::write(&metrics, text).unwrap();
+        let out = dir.path().join("loss.svg");
+        plot_metrics(&metrics, &out).unwrap();
+        let svg = std::fs::read_to_string(&out).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("val copy") && svg.contains("floor noise"));
+    }
+}

@@ -1,0 +1,297 @@
+//! The `shoal` binary end to end: short training runs, resume, export/import, and bad
+//! input, which must give a clear error naming the file and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use shoal::actors::{Checkpoint, STATE_FILE};
+
+fn shoal(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the shoal binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a clean failure: exit status 1, `error:` naming every needle, no panic.
+fn assert_fails(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.starts_with("error: ") || err.contains("\nerror: "),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in stderr: {err}");
+    }
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Flags of a very small, fast run on the built-in corpus.
+const SMALL: &[&str] = &[
+    "--data-builtin",
+    "--tokens-per-domain",
+    "6000",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--n-head",
+    "2",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "32",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+    "--threads",
+    "2",
+];
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    shoal(&args, dir)
+}
+
+/// Trains 3 steps into `dir/run` and returns the checkpoint directory.
+fn trained(dir: &Path) -> PathBuf {
+    assert_ok(&train(dir, &["--out-dir", "run", "--max-steps", "3"]));
+    dir.join("run/checkpoints/step-000003")
+}
+
+fn metric_steps(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"loss\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn train_then_resume_latest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    assert!(ckpt.join(STATE_FILE).is_file());
+    for f in ["metrics.jsonl", "loss.svg", "config.toml"] {
+        assert!(tmp.path().join("run").join(f).is_file(), "{f} missing");
+    }
+    // A fresh run into the same directory refuses to mix checkpoints.
+    let o = train(tmp.path(), &["--out-dir", "run", "--max-steps", "3"]);
+    assert_fails(&o, &["already holds checkpoints"]);
+
+    let o = train(
+        tmp.path(),
+        &["--out-dir", "run", "--max-steps", "5", "--resume", "latest"],
+    );
+    assert_ok(&o);
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("step-000005"), "{}", stdout(&o));
+    let steps = metric_steps(&tmp.path().join("run/metrics.jsonl"));
+    assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+    let latest = Checkpoint::load(&tmp.path().join("run/checkpoints/step-000005")).unwrap();
+    assert_eq!(latest.meta.step, 5);
+
+    // And the model samples.
+    let o = shoal(
+        &[
+            "generate",
+            "--checkpoint",
+            "run",
+            "--prompt",
+            "3+4=",
+            "--max-new-tokens",
+            "8",
+        ],
+        tmp.path(),
+    );
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("3+4="), "{}", stdout(&o));
+}
+
+#[test]
+fn export_import_roundtrip_preserves_params() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let hf = tmp.path().join("hf");
+    assert_ok(&shoal(
+        &[
+            "export",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--hf",
+            hf.to_str().unwrap(),
+        ],
+        tmp.path(),
+    ));
+    assert!(hf.join("config.json").is_file() && hf.join("model.safetensors").is_file());
+    let back = tmp.path().join("imported");
+    assert_ok(&shoal(
+        &[
+            "import",
+            "--hf",
+            hf.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+        ],
+        tmp.path(),
+    ));
+    let a = Checkpoint::load(&ckpt).unwrap();
+    let b = Checkpoint::load(&back).unwrap();
+    assert_eq!(a.meta.model, b.meta.model);
+    assert_eq!(b.meta.step, 0);
+    assert!(b.adam_m.iter().all(|&m| m == 0.0));
+    let same = a
+        .params
+        .iter()
+        .zip(&b.params)
+        .all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same && a.params.len() == b.params.len());
+
+    // Training can start from the HF directory and from the imported checkpoint.
+    for init in [&hf, &back] {
+        let o = train(
+            tmp.path(),
+            &[
+                "--init",
+                init.to_str().unwrap(),
+                "--max-steps",
+                "1",
+                "--out-dir",
+                "from-init",
+                "--overwrite",
+            ],
+        );
+        assert_ok(&o);
+    }
+}
+
+#[test]
+fn missing_checkpoint_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = shoal(
+        &["generate", "--checkpoint", "no-such-ckpt", "--prompt", "x"],
+        tmp.path(),
+    );
+    assert_fails(&o, &["no-such-ckpt"]);
+    let o = train(tmp.path(), &["--resume", "latest", "--out-dir", "nowhere"]);
+    assert_fails(&o, &["nowhere"]);
+    let o = shoal(
+        &["export", "--checkpoint", "no-such-ckpt", "--hf", "out"],
+        tmp.path(),
+    );
+    assert_fails(&o, &["no-such-ckpt"]);
+}
+
+#[test]
+fn truncated_checkpoint_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let state = ckpt.join(STATE_FILE);
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let o = shoal(
+        &["generate", "--checkpoint", "run", "--prompt", "x"],
+        tmp.path(),
+    );
+    assert_fails(&o, &[STATE_FILE, "truncated"]);
+    let o = train(tmp.path(), &["--resume", "latest", "--out-dir", "run"]);
+    assert_fails(&o, &[STATE_FILE]);
+}
+
+#[test]
+fn bad_config_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = tmp.path().join("heads.toml");
+    std::fs::write(&heads, "[model]\npreset = \"tiny\"\nn_head = 3\n").unwrap();
+    let o = shoal(&["train", "--config", "heads.toml"], tmp.path());
+    assert_fails(&o, &["heads.toml", "divisible by n_head"]);
+
+    let syntax = tmp.path().join("syntax.toml");
+    std::fs::write(&syntax, "lr = \n").unwrap();
+    let o = shoal(&["train", "--config", "syntax.toml"], tmp.path());
+    assert_fails(&o, &["syntax.toml"]);
+
+    let unknown = tmp.path().join("unknown.toml");
+    std::fs::write(&unknown, "learning_rate = 0.1\n").unwrap();
+    let o = shoal(&["train", "--config", "unknown.toml"], tmp.path());
+    assert_fails(&o, &["unknown.toml", "learning_rate"]);
+
+    let o = shoal(&["train", "--config", "absent.toml"], tmp.path());
+    assert_fails(&o, &["absent.toml"]);
+}
+
+#[test]
+fn bad_data_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |data: &str| {
+        shoal(
+            &[
+                "train",
+                "--data",
+                data,
+                "--max-steps",
+                "1",
+                "--seq-len",
+                "8",
+            ],
+            tmp.path(),
+        )
+    };
+    assert_fails(&run("prose=missing.txt"), &["missing.txt"]);
+
+    std::fs::write(
+        tmp.path().join("bad.jsonl"),
+        "{\"text\": \"fine\"}\n{\"text\": oops}\n",
+    )
+    .unwrap();
+    assert_fails(&run("web=bad.jsonl"), &["bad.jsonl", "line 2"]);
+
+    // A token shard whose ids do not fit the byte vocabulary.
+    let tokens: Vec<u32> = (0..2000).map(|i| i % 1000).collect();
+    shoal::data::write_shard(&tmp.path().join("wide.tok"), &tokens, 1000).unwrap();
+    assert_fails(&run("code=wide.tok"), &["wide.tok", "vocabulary"]);
+
+    // A model vocabulary smaller than the data's.
+    let o = train(tmp.path(), &["--vocab-size", "100", "--max-steps", "1"]);
+    assert_fails(&o, &["vocab_size", "256"]);
+}
+
+#[test]
+fn readme_config_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+    let len = readme[start..].find("```").unwrap();
+    let config =
+        shoal::actors::TrainConfig::from_toml_str(&readme[start..start + len], Path::new("README"))
+            .unwrap();
+    config.validate().unwrap();
+}
