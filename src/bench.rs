@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use shoal_actors::{StepHyper, TrainState, train_step};
-use shoal_models::{Activations, Gpt, GptConfig};
+use shoal_actors::{Replicas, StepHyper, TrainState, train_step};
+use shoal_models::{Gpt, GptConfig};
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -75,18 +75,15 @@ struct Row {
     step_ms: f64,
     optimizer_ms: f64,
     tflops: f64,
-    peak_gflops: f64,
+    gemm_gflops: f64,
+    fma_gflops: Option<f64>,
     torch: Option<f64>,
 }
 
 fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -> Result<Row> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .context("cannot start the compute threads")?;
     let model = Gpt::new(config.clone())?;
     let (b, t) = (a.batch, a.seq_len);
-    let mut acts = Activations::new(config, b, t)?;
+    let mut compute = Replicas::new(config, b, t, threads)?;
     let mut state = TrainState::new(model.init_params(1337));
     let spans = model.layout.decay_spans();
     let hp = StepHyper {
@@ -102,16 +99,17 @@ fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -
     let vocab = config.vocab_size as u64;
     let mut rng = 1337u64;
     let (m, n, k) = PEAK_SHAPE;
-    let peak_gflops = pool.install(|| shoal_kernels::measure_gemm_gflops(m, n, k, 5));
+    let gemm_gflops = compute.install(|| shoal_kernels::measure_gemm_gflops(m, n, k, 5));
+    let fma_gflops = compute.install(crate::peak::fma_peak_gflops);
     let mut times = Vec::with_capacity(a.steps);
     let (mut total, mut optimizer) = (0.0, 0.0);
     for i in 0..a.warmup + a.steps {
         let start = Instant::now();
-        let outcome = pool.install(|| {
+        let outcome = {
             train_step(
                 &model,
                 &mut state,
-                &mut acts,
+                &mut compute,
                 &spans,
                 &hp,
                 &mut tokens,
@@ -128,8 +126,8 @@ fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -
                     }
                     Ok(())
                 },
-            )
-        })?;
+            )?
+        };
         let dt = start.elapsed().as_secs_f64();
         if i >= a.warmup {
             times.push(dt);
@@ -147,7 +145,8 @@ fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -
         step_ms: times[times.len() / 2] * 1e3,
         optimizer_ms: optimizer / a.steps as f64 * 1e3,
         tflops: config.flops_per_token(t) * tokens_per_s / 1e12,
-        peak_gflops,
+        gemm_gflops,
+        fma_gflops,
         torch: pytorch_reference(name, threads),
     })
 }
@@ -163,14 +162,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         a.batch, a.seq_len, a.warmup, a.steps
     );
     println!(
-        "{:<10} {:>11} {:>7} {:>10} {:>9} {:>7} {:>9} {:>10} {:>6} {:>10} {:>8}",
+        "{:<10} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9} {:>8} {:>9} {:>5} {:>9} {:>8}",
         "model",
         "params",
         "threads",
         "tokens/s",
         "step ms",
         "opt ms",
-        "TFLOP/s",
+        "model GF/s",
+        "FMA GF/s",
         "GEMM GF/s",
         "MFU",
         "torch t/s",
@@ -181,22 +181,26 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         for &threads in &a.threads {
             let r = measure(&a, name, &config, threads)
                 .with_context(|| format!("benchmark of {name} on {threads} threads failed"))?;
-            let mfu = r.tflops * 1e3 / r.peak_gflops;
+            let mfu = match r.fma_gflops {
+                Some(peak) => format!("{:.0}%", r.tflops * 1e5 / peak),
+                None => "-".into(),
+            };
             let (torch, ratio) = match r.torch {
                 Some(x) => (format!("{x:.0}"), format!("{:.2}x", r.tokens_per_s / x)),
                 None => ("-".into(), "-".into()),
             };
             println!(
-                "{:<10} {:>11} {:>7} {:>10.0} {:>9.0} {:>7.0} {:>9.3} {:>10.1} {:>5.0}% {:>10} {:>8}",
+                "{:<10} {:>9} {:>7} {:>9.0} {:>8.0} {:>6.0} {:>10.1} {:>8.1} {:>9.1} {:>5} {:>9} {:>8}",
                 r.model,
                 r.params,
                 r.threads,
                 r.tokens_per_s,
                 r.step_ms,
                 r.optimizer_ms,
-                r.tflops,
-                r.peak_gflops,
-                mfu * 100.0,
+                r.tflops * 1e3,
+                r.fma_gflops.unwrap_or(f64::NAN),
+                r.gemm_gflops,
+                mfu,
                 torch,
                 ratio
             );
@@ -205,8 +209,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     println!(
         "torch t/s: PyTorch 2.15 eager (issue #2, same machine kind), 1 process, same model, \
          threads and batch. opt ms: grad norm + clip + AdamW \
-         of the step. MFU = model FLOPs (flops_per_token x tokens/s) / measured GEMM peak \
-         (fastest of 5 matmuls of 4096x768 by 768x3072 on that many threads)."
+         of the step. model GF/s = flops_per_token x tokens/s (6N + attention). FMA GF/s: \
+         measured fp32 FMA peak of that many threads (the physical limit); MFU = model GF/s / \
+         FMA GF/s. GEMM GF/s: one multithreaded 4096x768 by 768x3072 matmul on that many \
+         threads, for reference."
     );
     Ok(())
 }

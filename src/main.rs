@@ -6,6 +6,7 @@
 
 mod bench;
 mod commands;
+mod peak;
 mod plot;
 mod progress;
 

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod replicas;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
@@ -22,6 +23,7 @@ pub use checkpoint::{
 pub use config::{DataSpec, ModelSpec, TrainConfig};
 pub use error::{Result, TrainError};
 pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};
+pub use replicas::Replicas;
 pub use schedule::LrSchedule;
 pub use step::{StepHyper, StepOutcome, TrainState, train_step};
 pub use trainer::{

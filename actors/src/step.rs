@@ -5,7 +5,9 @@
 //! come from, so the [`crate::Trainer`] and `shoal bench train` run the same code.
 
 use shoal_kernels::{AdamW, DecaySpan};
-use shoal_models::{Activations, Gpt};
+use shoal_models::Gpt;
+
+use crate::replicas::Replicas;
 
 use crate::error::{Result, TrainError};
 
@@ -69,13 +71,14 @@ pub struct StepOutcome {
 }
 
 /// Runs one optimizer step: for each micro-batch `fill(micro, tokens, targets)` writes the
-/// `[B, T]` inputs (B and T from `acts`), then forward and backward; then the global
-/// gradient norm, clipping and AdamW. Run it inside the compute thread pool.
+/// `[B, T]` inputs (B and T from `compute`), then forward and backward on the compute
+/// replicas; then the replicas' gradients are summed, and the global gradient norm,
+/// clipping and AdamW run on all compute threads.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Gpt,
     state: &mut TrainState,
-    acts: &mut Activations,
+    compute: &mut Replicas,
     spans: &[DecaySpan],
     hp: &StepHyper,
     tokens: &mut [u32],
@@ -87,9 +90,14 @@ pub fn train_step(
     let mut loss_sum = 0.0f64;
     for micro in 0..accum {
         fill(micro, tokens, targets)?;
-        let loss = model
-            .forward(&state.params, acts, tokens, Some(targets))?
-            .unwrap_or(f32::NAN);
+        let loss = compute.forward_backward(
+            model,
+            &state.params,
+            &mut state.grads,
+            tokens,
+            targets,
+            1.0 / accum as f32,
+        )?;
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 step: state.step + 1,
@@ -97,9 +105,20 @@ pub fn train_step(
             });
         }
         loss_sum += f64::from(loss);
-        model.backward(&state.params, acts, &mut state.grads, 1.0 / accum as f32)?;
     }
     let optimizer_start = std::time::Instant::now();
+    compute.reduce_into(&mut state.grads);
+    compute
+        .install(|| optimizer_update(state, spans, hp))
+        .map(|grad_norm| StepOutcome {
+            loss: (loss_sum / accum as f64) as f32,
+            grad_norm,
+            optimizer_seconds: optimizer_start.elapsed().as_secs_f64(),
+        })
+}
+
+/// Global gradient norm, clipping and the AdamW update; returns the norm before clipping.
+fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper) -> Result<f32> {
     let grad_norm = shoal_kernels::sum_of_squares(&state.grads).sqrt() as f32;
     if hp.grad_clip > 0.0 {
         let coef = shoal_kernels::clip_coefficient(grad_norm, hp.grad_clip);
@@ -124,9 +143,5 @@ pub fn train_step(
         state.step,
         spans,
     );
-    Ok(StepOutcome {
-        loss: (loss_sum / accum as f64) as f32,
-        grad_norm,
-        optimizer_seconds: optimizer_start.elapsed().as_secs_f64(),
-    })
+    Ok(grad_norm)
 }

@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use shoal_data::{Mixture, SyntheticCorpus, Tokenizer};
 use shoal_kernels::DecaySpan;
-use shoal_models::{Activations, Gpt, GptConfig, SampleOptions};
+use shoal_models::{Gpt, GptConfig, SampleOptions};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
 use crate::config::{DataSpec, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
+use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
 use crate::step::{StepHyper, TrainState, train_step};
 
@@ -143,11 +144,10 @@ pub struct Trainer {
     config: TrainConfig,
     model: Gpt,
     state: TrainState,
-    acts: Activations,
     spans: Vec<DecaySpan>,
     schedule: LrSchedule,
     data: LoadedData,
-    pool: rayon::ThreadPool,
+    compute: Replicas,
     tokens: Vec<u32>,
     targets: Vec<u32>,
     tokens_seen: u64,
@@ -205,12 +205,6 @@ impl Trainer {
 
     fn build(config: TrainConfig, model: GptConfig, params: Option<Vec<f32>>) -> Result<Self> {
         config.validate_for(&model)?;
-        let threads = config.resolved_threads();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("shoal-compute-{i}"))
-            .build()
-            .map_err(|source| TrainError::ThreadPool { threads, source })?;
         let data = load_data(&config.data)?;
         let vocab = model.vocab_size;
         if data.tokenizer.vocab_size() > vocab {
@@ -251,7 +245,7 @@ impl Trainer {
             Some(p) => p,
             None => gpt.init_params(config.seed),
         };
-        let acts = Activations::new(&gpt.config, config.batch_size, t)?;
+        let compute = Replicas::new(&gpt.config, config.batch_size, t, config.resolved_threads())?;
         let n = config.batch_size * t;
         Ok(Self {
             spans: gpt.layout.decay_spans(),
@@ -263,9 +257,8 @@ impl Trainer {
             },
             state: TrainState::new(params),
             model: gpt,
-            acts,
+            compute,
             data,
-            pool,
             tokens: vec![0; n],
             targets: vec![0; n],
             tokens_seen: 0,
@@ -342,12 +335,10 @@ impl Trainer {
             }
             Ok(())
         };
-        let (model, state, acts, spans) =
-            (&self.model, &mut self.state, &mut self.acts, &self.spans);
+        let (model, state, compute, spans) =
+            (&self.model, &mut self.state, &mut self.compute, &self.spans);
         let (tokens, targets) = (&mut self.tokens, &mut self.targets);
-        let out = self
-            .pool
-            .install(|| train_step(model, state, acts, spans, &hp, tokens, targets, fill))?;
+        let out = train_step(model, state, compute, spans, &hp, tokens, targets, fill)?;
         let n_tokens = c.tokens_per_step();
         self.tokens_seen += n_tokens;
         Ok(StepStats {
@@ -366,10 +357,10 @@ impl Trainer {
         let (b, t) = (self.config.batch_size, self.config.seq_len);
         let batches = self.config.eval_batches.max(1);
         let wanted = batches * b;
-        let (model, params, acts) = (&self.model, &self.state.params, &mut self.acts);
+        let (model, params, compute) = (&self.model, &self.state.params, &mut self.compute);
         let (tokens, targets) = (&mut self.tokens, &mut self.targets);
         let mixture = &self.data.mixture;
-        let domains = self.pool.install(|| -> Result<Vec<DomainEval>> {
+        let domains = (|| -> Result<Vec<DomainEval>> {
             let mut out = Vec::with_capacity(mixture.domains.len());
             for d in &mixture.domains {
                 let have = d.val.num_windows(t);
@@ -388,8 +379,7 @@ impl Trainer {
                         );
                         d.val.window(w, t, x, y)?;
                     }
-                    let loss = model.forward(params, acts, tokens, Some(targets))?;
-                    sum += f64::from(loss.unwrap_or(f32::NAN));
+                    sum += f64::from(compute.forward(model, params, tokens, targets)?);
                 }
                 out.push(DomainEval {
                     name: d.name.clone(),
@@ -398,7 +388,7 @@ impl Trainer {
                 });
             }
             Ok(out)
-        })?;
+        })()?;
         Ok(EvalStats {
             step: self.state.step,
             domains,
@@ -432,7 +422,7 @@ impl Trainer {
         let ids = self.data.tokenizer.encode(prompt)?;
         let params = &self.state.params;
         let new = self
-            .pool
+            .compute
             .install(|| generate_within(&self.model, params, &ids, opts, self.config.seq_len))?;
         Ok(self.data.tokenizer.decode(&new)?)
     }

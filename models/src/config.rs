@@ -60,7 +60,7 @@ impl GptConfig {
         if self.n_head == 0 || self.n_embd == 0 {
             return bad("n_head and n_embd must be positive".into());
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd ({}) must be divisible by n_head ({})",
                 self.n_embd, self.n_head
