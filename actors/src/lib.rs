@@ -27,6 +27,5 @@ pub use replicas::Replicas;
 pub use schedule::LrSchedule;
 pub use step::{StepHyper, StepOutcome, TrainState, train_step};
 pub use trainer::{
-    LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, generate_within, load_data,
-    load_weights,
+    LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };

@@ -109,36 +109,6 @@ pub fn load_weights(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
     Ok((ckpt.meta.model, ckpt.params))
 }
 
-/// Continues `prompt` like [`Gpt::generate`], but never shows the model more than
-/// `context` tokens: a model trained on windows shorter than its position table has never
-/// seen the positions beyond them, and sampling there produces garbage.
-pub fn generate_within(
-    model: &Gpt,
-    params: &[f32],
-    prompt: &[u32],
-    opts: &SampleOptions,
-    context: usize,
-) -> Result<Vec<u32>> {
-    if context >= model.config.n_positions || context == 0 {
-        return Ok(model.generate(params, prompt, opts)?);
-    }
-    let mut seq = prompt.to_vec();
-    for i in 0..opts.max_new_tokens {
-        let tail = &seq[seq.len().saturating_sub(context - 1)..];
-        let one = SampleOptions {
-            max_new_tokens: 1,
-            // A different, deterministic seed per position.
-            seed: opts
-                .seed
-                .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            ..opts.clone()
-        };
-        let next = model.generate(params, tail, &one)?;
-        seq.extend(next);
-    }
-    Ok(seq.split_off(prompt.len()))
-}
-
 /// Trains one model in one process on a rayon pool of `config.threads` threads.
 pub struct Trainer {
     config: TrainConfig,
@@ -421,9 +391,13 @@ impl Trainer {
     pub fn sample(&self, prompt: &str, opts: &SampleOptions) -> Result<String> {
         let ids = self.data.tokenizer.encode(prompt)?;
         let params = &self.state.params;
-        let new = self
-            .compute
-            .install(|| generate_within(&self.model, params, &ids, opts, self.config.seq_len))?;
+        let new = self.compute.install(|| {
+            let opts = SampleOptions {
+                context: Some(opts.context.unwrap_or(self.config.seq_len)),
+                ..opts.clone()
+            };
+            self.model.generate(params, &ids, &opts)
+        })?;
         Ok(self.data.tokenizer.decode(&new)?)
     }
 

@@ -268,15 +268,35 @@ fn generation_stays_within_the_trained_context() {
         temperature: 1.0,
         top_k: None,
         seed: 5,
+        context: Some(8),
     };
     let prompt = [1u32, 2, 3];
-    let a = generate_within(&model, &params, &prompt, &opts, 8).unwrap();
+    let a = model.generate(&params, &prompt, &opts).unwrap();
     assert_eq!(a.len(), 40);
-    assert_eq!(
-        a,
-        generate_within(&model, &params, &prompt, &opts, 8).unwrap()
+    assert_eq!(a, model.generate(&params, &prompt, &opts).unwrap());
+    // The window matters: the whole position table gives another continuation, and a
+    // context beyond the table is the table.
+    let full = SampleOptions {
+        context: None,
+        ..opts.clone()
+    };
+    let beyond = SampleOptions {
+        context: Some(1000),
+        ..opts.clone()
+    };
+    let full = model.generate(&params, &prompt, &full).unwrap();
+    assert_ne!(a, full);
+    assert_eq!(full, model.generate(&params, &prompt, &beyond).unwrap());
+    assert!(
+        model
+            .generate(
+                &params,
+                &prompt,
+                &SampleOptions {
+                    context: Some(0),
+                    ..opts
+                }
+            )
+            .is_err()
     );
-    // With the whole position table as context it is plain `generate`.
-    let full = generate_within(&model, &params, &prompt, &opts, 32).unwrap();
-    assert_eq!(full, model.generate(&params, &prompt, &opts).unwrap());
 }

@@ -16,6 +16,10 @@ pub struct SampleOptions {
     pub top_k: Option<usize>,
     /// Seed of the sampler's random numbers.
     pub seed: u64,
+    /// Most tokens the model sees at once (default and upper bound: `n_positions`). A
+    /// model trained on windows shorter than its position table has never seen the
+    /// positions beyond them; sample it with the trained window length.
+    pub context: Option<usize>,
 }
 
 impl Default for SampleOptions {
@@ -25,6 +29,7 @@ impl Default for SampleOptions {
             temperature: 0.8,
             top_k: Some(40),
             seed: 0,
+            context: None,
         }
     }
 }
@@ -68,7 +73,7 @@ fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> u32 {
 
 impl Gpt {
     /// Continues `prompt` by `opts.max_new_tokens` tokens and returns only the new tokens.
-    /// The context is the last `n_positions` tokens.
+    /// The model sees the last `opts.context` (at most `n_positions`) tokens.
     pub fn generate(
         &self,
         params: &[f32],
@@ -89,12 +94,20 @@ impl Gpt {
         if prompt.is_empty() {
             return Err(ModelError::InvalidSampling("the prompt is empty".into()));
         }
+        if opts.context == Some(0) {
+            return Err(ModelError::InvalidSampling(
+                "context must be at least 1".into(),
+            ));
+        }
+        let window = opts
+            .context
+            .map_or(self.config.n_positions, |c| c.min(self.config.n_positions));
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let mut seq = prompt.to_vec();
         let mut acts: Option<Activations> = None;
         let v = self.config.vocab_size;
         for _ in 0..opts.max_new_tokens {
-            let start = seq.len().saturating_sub(self.config.n_positions);
+            let start = seq.len().saturating_sub(window);
             let ctx = &seq[start..];
             if acts.as_ref().is_none_or(|a| a.seq_len() != ctx.len()) {
                 acts = Some(Activations::new(&self.config, 1, ctx.len())?);

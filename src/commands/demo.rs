@@ -97,6 +97,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         temperature: 0.7,
         top_k: Some(20),
         seed: 0,
+        context: None,
     };
     let text = trainer.sample(&prompt, &opts)?;
     println!(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use shoal_actors::{Checkpoint, generate_within, resolve_checkpoint_dir};
+use shoal_actors::{Checkpoint, resolve_checkpoint_dir};
 use shoal_data::Tokenizer;
 use shoal_models::{Gpt, GptConfig, SampleOptions};
 
@@ -79,12 +79,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             &ckpt.meta.model,
         )?;
         // Sample within the sequence length the model was trained on.
-        let context = ckpt.meta.train.as_ref().map_or(0, |t| t.seq_len);
+        let context = ckpt.meta.train.as_ref().map(|t| t.seq_len);
         (ckpt.meta.model, ckpt.params, tok, context)
     } else if let Some(dir) = &a.hf {
         let (config, params) = shoal_models::hf::load(dir)?;
         let tok = tokenizer_for(a.tokenizer.as_deref(), dir, None, &config)?;
-        (config, params, tok, 0)
+        (config, params, tok, None)
     } else {
         bail!("pass --checkpoint DIR or --hf DIR");
     };
@@ -98,12 +98,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: (a.top_k > 0).then_some(a.top_k),
         seed: a.seed,
+        context,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build()
         .context("cannot start the compute threads")?;
-    let new = pool.install(|| generate_within(&model, &params, &prompt, &opts, context))?;
+    let new = pool.install(|| model.generate(&params, &prompt, &opts))?;
     println!("{}{}", a.prompt, tokenizer.decode(&new)?);
     Ok(())
 }
