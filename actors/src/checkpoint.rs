@@ -344,7 +344,14 @@ pub fn resolve_checkpoint_dir(path: &Path) -> Result<PathBuf> {
     if path.join(META_FILE).exists() {
         return Ok(path.to_path_buf());
     }
-    for root in [path.to_path_buf(), path.join("checkpoints")] {
+    // The `latest` pointer file itself names a checkpoint beside it.
+    let beside = match path.parent() {
+        Some(parent) if path.is_file() && path.file_name() == Some(LATEST_FILE.as_ref()) => {
+            parent.to_path_buf()
+        }
+        _ => path.to_path_buf(),
+    };
+    for root in [beside.clone(), beside.join("checkpoints")] {
         let latest = root.join(LATEST_FILE);
         if latest.is_file() {
             let name = std::fs::read_to_string(&latest).map_err(|e| TrainError::io(&latest, e))?;

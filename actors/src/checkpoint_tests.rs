@@ -81,6 +81,10 @@ fn store_keeps_the_newest_and_points_latest_at_it() {
     assert_eq!(resolve_checkpoint_dir(tmp.path()).unwrap(), latest);
     assert_eq!(resolve_checkpoint_dir(store.root()).unwrap(), latest);
     assert_eq!(resolve_checkpoint_dir(&latest).unwrap(), latest);
+    assert_eq!(
+        resolve_checkpoint_dir(&store.root().join(LATEST_FILE)).unwrap(),
+        latest
+    );
     assert_eq!(Checkpoint::load(&latest).unwrap().meta.step, 50);
 }
 
