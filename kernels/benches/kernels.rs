@@ -41,6 +41,9 @@ fn main() {
     if wanted("lmhead") {
         lm_head();
     }
+    if wanted("model") {
+        model_shapes();
+    }
     if wanted("attention") {
         attention();
     }
@@ -92,6 +95,64 @@ fn matmul() {
             "{:<44} {ms:>10.2} {gflops:>10.1}",
             format!("matmul_backward N={rows} C={c} OC={oc} {layout:?}")
         );
+    }
+}
+
+/// The products of shoal's bench models at N = B*T = 2048 rows: bench-5m
+/// (C=256, V=8192) and bench-30m (C=384, V=50304). Per layer: the forward, the
+/// weight gradient alone (`dinp = None`) and the whole backward (dinp + dweight
+/// + dbias), each as GFLOP/s of its own 2·N·C·OC (backward: twice that).
+fn model_shapes() {
+    let n = 2048;
+    for (model, c, v) in [("5m", 256, 8192), ("30m", 384, 50_304)] {
+        for (layer, ic, oc, layout) in [
+            ("qkv", c, 3 * c, WeightLayout::InOut),
+            ("attproj", c, c, WeightLayout::InOut),
+            ("fc", c, 4 * c, WeightLayout::InOut),
+            ("fcproj", 4 * c, c, WeightLayout::InOut),
+            ("lmhead", c, v, WeightLayout::OutIn),
+        ] {
+            let (inp, w, dout) = (filled(n * ic, 1), filled(ic * oc, 2), filled(n * oc, 3));
+            let mut out = vec![0f32; n * oc];
+            let (mut dinp, mut dw, mut db) =
+                (vec![0f32; n * ic], vec![0f32; ic * oc], vec![0f32; oc]);
+            let flops = 2.0 * (n * ic * oc) as f64;
+            let reps = if flops > 1e10 { 2 } else { 5 };
+            let bias = (layout == WeightLayout::InOut).then(|| filled(oc, 4));
+            let fwd = best_ms(reps, || {
+                matmul_forward(&mut out, &inp, &w, bias.as_deref(), n, ic, oc, layout)
+            });
+            let dweight = best_ms(reps, || {
+                matmul_backward(None, &mut dw, None, &dout, &inp, &w, n, ic, oc, layout)
+            });
+            let bwd = best_ms(reps, || {
+                let db = bias.is_some().then_some(&mut db[..]);
+                matmul_backward(
+                    Some(&mut dinp),
+                    &mut dw,
+                    db,
+                    &dout,
+                    &inp,
+                    &w,
+                    n,
+                    ic,
+                    oc,
+                    layout,
+                )
+            });
+            let name = format!("{model} {layer} N={n} C={ic} OC={oc}");
+            for (part, ms, f) in [
+                ("fwd", fwd, flops),
+                ("dweight", dweight, flops),
+                ("bwd", bwd, 2.0 * flops),
+            ] {
+                println!(
+                    "{:<44} {ms:>10.2} {:>10.1}",
+                    format!("{name} {part}"),
+                    f / ms / 1e6
+                );
+            }
+        }
     }
 }
 
