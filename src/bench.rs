@@ -5,6 +5,8 @@
 //! AdamW (lr 3e-4, betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping at
 //! 1.0, untimed warm-up steps, then timed steps, all on a rayon pool of N threads.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -40,6 +42,14 @@ pub struct BenchTrainArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
+    /// A Python with PyTorch: run the PyTorch peer (`torch_gpt_train.py` in `--peers-dir`)
+    /// on the same model, threads and batch right after each shoal measurement, and
+    /// compare against it instead of the issue's table.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch_python: Option<PathBuf>,
+    /// Where the peer baselines live.
+    #[arg(long, default_value = "../shared/bench/peers")]
+    pub peers_dir: PathBuf,
 }
 
 /// The GEMM whose rate counts as the peak: GPT-2's MLP matmul `(B·T = 4096, 4C = 3072,
@@ -55,6 +65,52 @@ fn pytorch_reference(model: &str, threads: usize) -> Option<f64> {
         ("bench-30m", 2) => Some(706.0),
         _ => None,
     }
+}
+
+/// Runs the PyTorch peer on the same model, threads and batch; returns its tokens/s.
+fn torch_peer(
+    a: &BenchTrainArgs,
+    python: &Path,
+    config: &GptConfig,
+    threads: usize,
+) -> Result<f64> {
+    let script = a.peers_dir.join("torch_gpt_train.py");
+    let arg = |x: usize| x.to_string();
+    let out = Command::new(python)
+        .arg(&script)
+        .args([
+            "--n-layer",
+            &arg(config.n_layer),
+            "--n-head",
+            &arg(config.n_head),
+        ])
+        .args([
+            "--n-embd",
+            &arg(config.n_embd),
+            "--vocab",
+            &arg(config.vocab_size),
+        ])
+        .args(["--seq-len", &arg(a.seq_len), "--batch", &arg(a.batch)])
+        .args(["--threads", &arg(threads), "--steps", &arg(a.steps)])
+        .args(["--warmup", &arg(a.warmup)])
+        .output()
+        .with_context(|| format!("cannot run {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("JSON "))
+        .with_context(|| format!("{} printed no JSON line", script.display()))?;
+    let v: serde_json::Value = serde_json::from_str(json).context("the peer's JSON line")?;
+    v.get("tokens_per_s")
+        .and_then(serde_json::Value::as_f64)
+        .context("the peer's JSON has no tokens_per_s")
 }
 
 /// splitmix64: uniform random tokens without a dependency.
@@ -80,7 +136,13 @@ struct Row {
     torch: Option<f64>,
 }
 
-fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -> Result<Row> {
+fn measure(
+    a: &BenchTrainArgs,
+    name: &str,
+    config: &GptConfig,
+    threads: usize,
+    fma_gflops: Option<f64>,
+) -> Result<Row> {
     let model = Gpt::new(config.clone())?;
     let (b, t) = (a.batch, a.seq_len);
     let mut compute = Replicas::new(config, b, t, threads)?;
@@ -100,7 +162,6 @@ fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -
     let mut rng = 1337u64;
     let (m, n, k) = PEAK_SHAPE;
     let gemm_gflops = compute.install(|| shoal_kernels::measure_gemm_gflops(m, n, k, 5));
-    let fma_gflops = compute.install(crate::peak::fma_peak_gflops);
     let mut times = Vec::with_capacity(a.steps);
     let (mut total, mut optimizer) = (0.0, 0.0);
     for i in 0..a.warmup + a.steps {
@@ -147,7 +208,10 @@ fn measure(a: &BenchTrainArgs, name: &str, config: &GptConfig, threads: usize) -
         tflops: config.flops_per_token(t) * tokens_per_s / 1e12,
         gemm_gflops,
         fma_gflops,
-        torch: pytorch_reference(name, threads),
+        torch: match &a.torch_python {
+            Some(python) => Some(torch_peer(a, python, config, threads)?),
+            None => pytorch_reference(name, threads),
+        },
     })
 }
 
@@ -176,10 +240,22 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         "torch t/s",
         "vs torch"
     );
+    // The physical limit of each thread count, measured once before any model runs.
+    let peaks = a
+        .threads
+        .iter()
+        .map(|&threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .context("cannot start the probe threads")?;
+            Ok(pool.install(crate::peak::fma_peak_gflops))
+        })
+        .collect::<Result<Vec<_>>>()?;
     for name in &a.models {
         let config = GptConfig::preset(name)?;
-        for &threads in &a.threads {
-            let r = measure(&a, name, &config, threads)
+        for (&threads, &fma) in a.threads.iter().zip(&peaks) {
+            let r = measure(&a, name, &config, threads, fma)
                 .with_context(|| format!("benchmark of {name} on {threads} threads failed"))?;
             let mfu = match r.fma_gflops {
                 Some(peak) => format!("{:.0}%", r.tflops * 1e5 / peak),
@@ -206,9 +282,14 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             );
         }
     }
+    let torch_source = if a.torch_python.is_some() {
+        "PyTorch eager run just now by --torch-python on the same machine"
+    } else {
+        "PyTorch 2.15 eager from issue #2's table (another machine of this kind; pass \
+         --torch-python to measure side by side)"
+    };
     println!(
-        "torch t/s: PyTorch 2.15 eager (issue #2, same machine kind), 1 process, same model, \
-         threads and batch. opt ms: grad norm + clip + AdamW \
+        "torch t/s: {torch_source}, 1 process, same model, threads and batch. opt ms: grad norm + clip + AdamW \
          of the step. model GF/s = flops_per_token x tokens/s (6N + attention). FMA GF/s: \
          measured fp32 FMA peak of that many threads (the physical limit); MFU = model GF/s / \
          FMA GF/s. GEMM GF/s: one multithreaded 4096x768 by 768x3072 matmul on that many \
