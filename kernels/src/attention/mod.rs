@@ -26,7 +26,7 @@
 //! buffers: K and V blocks are plain row copies, Q and dout are transposed once
 //! per task. (Reading K and V in place is slower: rows of `qkv` are 12·C bytes
 //! apart, which maps a tile's rows onto a few L1 cache sets.) The products run
-//! on a small register-blocked kernel, [`tile_matmul_impl`].
+//! on a small register-blocked kernel, `tile::tile_matmul_impl`.
 
 mod tile;
 
