@@ -158,7 +158,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, random, random_tokens, to_f32};
+    use crate::testutil::{assert_close, on_threads, random, random_tokens, to_f32};
 
     #[test]
     fn matches_reference_and_is_deterministic() {
@@ -179,11 +179,7 @@ mod tests {
             let dout = random(b * t * c, 3);
             let (dwte0, dwpe0) = (random(v * c, 4), random(maxt * c, 5));
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
+                on_threads(threads, || {
                     let (mut dwte, mut dwpe) = (to_f32(&dwte0), to_f32(&dwpe0));
                     embedding_backward(&mut dwte, &mut dwpe, &to_f32(&dout), &tokens, b, t, c);
                     (dwte, dwpe)

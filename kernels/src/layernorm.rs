@@ -224,7 +224,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, finite_difference, random, to_f32};
+    use crate::testutil::{assert_close, finite_difference, on_threads, random, to_f32};
 
     const EPS: f32 = 1e-5;
 
@@ -341,11 +341,7 @@ mod tests {
         let bias = to_f32(&random(c, 23));
         let dout = to_f32(&random(n * c, 24));
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let (mut out, mut mean, mut rstd) =
                     (vec![0f32; n * c], vec![0f32; n], vec![0f32; n]);
                 layernorm_forward(

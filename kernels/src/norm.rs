@@ -61,7 +61,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{random, to_f32};
+    use crate::testutil::{on_threads, random, to_f32};
 
     #[test]
     fn sum_of_squares_matches_reference_and_is_deterministic() {
@@ -75,12 +75,8 @@ mod tests {
                 "{got} vs {want}"
             );
             for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 assert_eq!(
-                    pool.install(|| sum_of_squares(&x32)).to_bits(),
+                    on_threads(threads, || sum_of_squares(&x32)).to_bits(),
                     got.to_bits()
                 );
             }

@@ -67,3 +67,12 @@ pub fn finite_difference(x: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64
         })
         .collect()
 }
+
+/// Runs `f` on a fresh rayon pool of `threads` threads.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool builds")
+        .install(f)
+}

@@ -1,7 +1,7 @@
 //! Tests of the attention kernels against the reference and finite differences.
 
 use super::*;
-use crate::testutil::{assert_close, finite_difference, random, to_f32};
+use crate::testutil::{assert_close, finite_difference, on_threads, random, to_f32};
 
 /// Runs the fast forward and backward (into a random starting `dqkv`) and
 /// checks both against the reference.
@@ -68,11 +68,7 @@ fn deterministic_across_thread_counts() {
     let qkv = to_f32(&random(b * t * 3 * c, 1));
     let dout = to_f32(&random(b * t * c, 2));
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
             attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
             let mut dqkv = vec![0f32; b * t * 3 * c];

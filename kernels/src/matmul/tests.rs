@@ -1,7 +1,7 @@
 //! Tests of the matmul kernels against the reference.
 
 use super::*;
-use crate::testutil::{assert_close, random, to_f32, to_f64};
+use crate::testutil::{assert_close, on_threads, random, to_f32, to_f64};
 
 fn check(n: usize, c: usize, oc: usize, layout: WeightLayout, with_bias: bool, seed: u64) {
     let inp = random(n * c, seed);
@@ -112,11 +112,7 @@ fn large_product_is_deterministic_and_correct() {
     let inp = to_f32(&random(n * c, 1));
     let weight = to_f32(&random(c * oc, 2));
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut out = vec![0f32; n * oc];
             matmul_forward(&mut out, &inp, &weight, None, n, c, oc, WeightLayout::InOut);
             let mut dw = vec![0f32; c * oc];
