@@ -72,6 +72,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn check_all(gpt: &Gpt, got: &[f32], fixture: &Tensors, tol: f64, what: &str) {
+    let mut worst = 0.0f64;
     for t in gpt.layout.tensors() {
         let want = fixture.f32(&format!("transformer.{}", t.name));
         let err = rel_err(&got[t.range()], &want);
@@ -80,7 +81,9 @@ fn check_all(gpt: &Gpt, got: &[f32], fixture: &Tensors, tol: f64, what: &str) {
             "{what} of {}: relative error {err:e} > {tol:e}",
             t.name
         );
+        worst = worst.max(err);
     }
+    eprintln!("{what}s: worst relative error {worst:e}");
 }
 
 /// Compares updated parameters. Elements whose true gradient is zero (the attention key
@@ -89,6 +92,7 @@ fn check_all(gpt: &Gpt, got: &[f32], fixture: &Tensors, tol: f64, what: &str) {
 /// into a movement of up to ~lr/10, different in every implementation. Those elements are
 /// held to that bound; every other element to `tol` relative to the tensor's norm.
 fn check_params(gpt: &Gpt, got: &[f32], fixture: &Tensors, grads: &Tensors, step: u64, tol: f64) {
+    let mut worst = 0.0f64;
     for t in gpt.layout.tensors() {
         let name = format!("transformer.{}", t.name);
         let want = fixture.f32(&format!("step{step}.{name}"));
@@ -111,7 +115,9 @@ fn check_params(gpt: &Gpt, got: &[f32], fixture: &Tensors, grads: &Tensors, step
             err <= tol,
             "step-{step} {name}: relative error {err:e} > {tol:e}"
         );
+        worst = worst.max(err);
     }
+    eprintln!("parameters after step {step}: worst relative error {worst:e}");
 }
 
 #[test]
