@@ -85,6 +85,15 @@ struct Shape {
 }
 
 impl Shape {
+    /// The shape of `nh` heads over `c` channels; panics unless C is a positive multiple of NH.
+    fn new(t: usize, c: usize, nh: usize) -> Self {
+        assert!(
+            nh > 0 && c > 0 && c.is_multiple_of(nh),
+            "C = {c} must be a positive multiple of NH = {nh}"
+        );
+        Self { t, c, hs: c / nh }
+    }
+
     /// Offset in `qkv` of token `pos` of sequence `bi`, head `h`, part `part`
     /// (0 = q, 1 = k, 2 = v).
     fn qkv_offset(self, bi: usize, pos: usize, h: usize, part: usize) -> usize {
@@ -146,11 +155,7 @@ pub fn attention_forward(
     if b * t == 0 {
         return;
     }
-    assert!(
-        nh > 0 && c > 0 && c.is_multiple_of(nh),
-        "C = {c} must be a positive multiple of NH = {nh}"
-    );
-    let shape = Shape { t, c, hs: c / nh };
+    let shape = Shape::new(t, c, nh);
     let nq = t.div_ceil(BLOCK);
     let out_ptr = DisjointOut(out.as_mut_ptr());
     let lse_ptr = DisjointOut(lse.as_mut_ptr());
@@ -345,11 +350,7 @@ pub fn attention_backward(
     if b * t == 0 {
         return;
     }
-    assert!(
-        nh > 0 && c > 0 && c.is_multiple_of(nh),
-        "C = {c} must be a positive multiple of NH = {nh}"
-    );
-    let shape = Shape { t, c, hs: c / nh };
+    let shape = Shape::new(t, c, nh);
     let dqkv_ptr = DisjointOut(dqkv.as_mut_ptr());
     (0..b * nh).into_par_iter().for_each_init(
         || BackwardScratch::new(t, shape.hs),
