@@ -1,0 +1,32 @@
+//! Ring collectives for shoal: all-reduce, reduce-scatter, all-gather,
+//! broadcast and barrier over f32 (and byte) buffers of any length, for any
+//! world size, blocking or not, with a deadline on every op.
+//!
+//! Layers, bottom up (after quinn's split between a protocol core and I/O):
+//! - [`ring`]: the algorithms as a deterministic state machine, no I/O;
+//! - [`frame`]: the wire format, decoded with hard limits;
+//! - [`transport`]: the seam transports implement; [`local`] (threads of one
+//!   process, zero copy) and [`quic`] (processes and hosts, mutual TLS with
+//!   the cluster CA from [`tls`]);
+//! - [`Communicator`]: what users call.
+//!
+//! Failure semantics: every op has a deadline. A lost peer makes every
+//! surviving rank's op fail with [`CollectiveError::PeerLost`] (or
+//! [`CollectiveError::Timeout`]) and aborts the communicator; the survivors
+//! then form a new one with a new generation and membership. Frames of older
+//! generations are dropped and counted, never combined.
+
+pub mod comm;
+pub mod engine;
+pub mod error;
+pub mod frame;
+pub mod local;
+pub mod ring;
+pub mod tls;
+pub mod transport;
+
+pub use comm::{Communicator, Pending};
+pub use engine::{CommConfig, CommStats};
+pub use error::{CollectiveError, FrameError};
+pub use local::{LocalFaults, LocalHub};
+pub use ring::{ReduceOp, shard_range};

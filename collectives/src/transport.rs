@@ -1,0 +1,88 @@
+//! The seam between the ring driver and the ways bytes move between ranks.
+//!
+//! A transport gives the driver two links: one to the next rank, one from the
+//! previous rank. The in-process transport ([`crate::local`]) hands the
+//! receiver a view of the sender's buffer (no copy on the way); the QUIC
+//! transport ([`crate::quic`]) copies into the stream. A CUDA IPC transport
+//! (device buffers mapped into the neighbour process) and an NCCL backend fit
+//! the same seam: CUDA IPC as another `Transport`, NCCL as a replacement for
+//! the whole driver behind [`crate::Communicator`].
+
+use std::time::Instant;
+
+use crate::error::CollectiveError;
+use crate::frame::FrameHeader;
+
+/// What the receiver did with a frame handed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The frame was the one expected; it has been combined.
+    Accepted,
+    /// The frame was dropped (for example from an older generation); keep
+    /// waiting.
+    Ignored,
+}
+
+/// Takes a received frame's header and payload and combines it (or not).
+pub type Consume<'a> = dyn FnMut(&FrameHeader, &[u8]) -> Result<Delivery, CollectiveError> + 'a;
+
+/// The links of one rank in a ring: to the next rank and from the previous.
+pub trait Transport: Send {
+    /// Queues `len` bytes at `data` as one frame to the next rank. Never
+    /// waits for the peer.
+    ///
+    /// # Safety
+    /// The bytes must stay valid and unchanged until [`Transport::finish`] or
+    /// [`Transport::abort`] returns, or until the next rank has combined them
+    /// (which the ring schedules guarantee before they write the range again).
+    unsafe fn send(
+        &mut self,
+        header: FrameHeader,
+        data: *const u8,
+        len: usize,
+    ) -> Result<(), CollectiveError>;
+
+    /// Waits for the next frame from the previous rank, until `deadline`,
+    /// and hands its header and payload to `consume`.
+    fn recv(
+        &mut self,
+        deadline: Instant,
+        consume: &mut Consume<'_>,
+    ) -> Result<Delivery, CollectiveError>;
+
+    /// Waits, until `deadline`, for everything sent in this op to be taken
+    /// by the next rank; afterwards the sent buffers may be reused.
+    fn finish(&mut self, deadline: Instant) -> Result<(), CollectiveError>;
+
+    /// Gives up the op in flight: makes sure nothing sent is read any more,
+    /// then sends `notice` (an abort frame) to the next rank, best effort.
+    fn abort(&mut self, notice: FrameHeader);
+}
+
+/// A transport for a world of one rank: there is nobody to talk to.
+pub(crate) struct Alone;
+
+impl Transport for Alone {
+    unsafe fn send(
+        &mut self,
+        _: FrameHeader,
+        _: *const u8,
+        _: usize,
+    ) -> Result<(), CollectiveError> {
+        Err(CollectiveError::InvalidArgument(
+            "a world of one rank has no neighbour".into(),
+        ))
+    }
+
+    fn recv(&mut self, _: Instant, _: &mut Consume<'_>) -> Result<Delivery, CollectiveError> {
+        Err(CollectiveError::InvalidArgument(
+            "a world of one rank has no neighbour".into(),
+        ))
+    }
+
+    fn finish(&mut self, _: Instant) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+
+    fn abort(&mut self, _: FrameHeader) {}
+}
