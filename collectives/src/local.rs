@@ -182,12 +182,17 @@ impl Transport for LocalTransport {
     fn finish(&mut self, deadline: Instant) -> Result<(), CollectiveError> {
         let mut spins = 0u32;
         while let Some(claim) = self.outstanding.last() {
+            // Read the count before the state: a receiver marks the claim
+            // done before it lets go of it, so "nobody else holds it" and
+            // then "still posted" means it was dropped unread.
+            let abandoned = Arc::strong_count(claim) == 1;
+            std::sync::atomic::fence(Ordering::Acquire);
             match claim.0.load(Ordering::Acquire) {
                 DONE => {
                     self.outstanding.pop();
                     continue;
                 }
-                POSTED if Arc::strong_count(claim) == 1 => {
+                POSTED if abandoned => {
                     // The receiver dropped its end with our view unread.
                     return Err(CollectiveError::PeerLost { rank: self.next() });
                 }
