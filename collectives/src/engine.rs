@@ -410,3 +410,6 @@ fn combine_bytes(combine: Combine, elem: Elem, dst: &mut [u8], src: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
