@@ -37,6 +37,13 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The cluster's certificate authority and node certificates.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
+    /// One rank of a multi-process collectives run, driven by JSON lines on stdin
+    /// (used by the tests and `shoal bench collectives`).
+    #[command(hide = true)]
+    RingWorker(commands::ring_worker::RingWorkerArgs),
 }
 
 fn init_logging() {
@@ -59,6 +66,8 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::convert::export(a),
         Command::Import(a) => commands::convert::import(a),
         Command::Bench(b) => bench::run(b),
+        Command::Cluster(c) => commands::cluster::run(c),
+        Command::RingWorker(a) => commands::ring_worker::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod local;
+pub mod pattern;
 pub mod quic;
 pub mod ring;
 pub mod tls;
