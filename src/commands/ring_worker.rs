@@ -8,9 +8,9 @@
 //!    "timeout_ms":T,"chunk_bytes":C}` -> `{"event":"formed",..}`
 //! - `{"cmd":"run","op":"all_reduce","reduce":"sum","len":N,"seed":S,"input":I,
 //!    "root":0,"iters":K,"warmup":W}` -> `{"event":"started"}` then
-//!   `{"event":"done","crc32":..,"seconds":[..],..}`; the input is
-//!   `pattern(S, I, N)`, reset before every iteration; each timed iteration is
-//!   barrier, then the op.
+//!   `{"event":"done","crc32":..,"seconds":[..],..}`; rank R's input is
+//!   `pattern(S, I * 1024 + R, N)`, reset before every iteration; each timed
+//!   iteration is barrier, then the op.
 //! - `{"cmd":"exit"}`
 //!
 //! Failures are reported as `{"event":"error","kind":..,"rank":..,"message":..}` and
@@ -189,7 +189,7 @@ fn reduce_op(name: &str) -> Result<ReduceOp, CollectiveError> {
 fn run_op(c: &mut Communicator, r: &RunRequest) -> Result<Value, (CollectiveError, Duration)> {
     let now = Instant::now();
     let reduce = reduce_op(&r.reduce).map_err(|e| (e, now.elapsed()))?;
-    let input = pattern(r.seed, r.input, r.len);
+    let input = pattern(r.seed, r.input * 1024 + c.rank() as u64, r.len);
     let input_bytes: Vec<u8> = bytemuck::cast_slice(&input).to_vec();
     let mut buf = input.clone();
     let mut bytes = input_bytes.clone();
