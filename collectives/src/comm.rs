@@ -68,6 +68,23 @@ impl<T> Pending<T> {
     }
 }
 
+/// Aborts a communicator from any thread: its op in flight (or its next op)
+/// fails at once, and the abort notice travels on around the ring.
+#[derive(Clone)]
+pub struct AbortHandle {
+    notices: Sender<u32>,
+}
+
+impl AbortHandle {
+    /// Aborts, naming the rank found lost if it is known (for example from
+    /// missed heartbeats); every rank then fails with
+    /// [`CollectiveError::PeerLost`] for it, or [`CollectiveError::Aborted`].
+    pub fn abort(&self, lost: Option<usize>) {
+        let lost = lost.map_or(u32::MAX, |r| r.min(u32::MAX as usize - 1) as u32);
+        let _ = self.notices.send(lost);
+    }
+}
+
 /// One rank's handle on a ring of one generation.
 pub struct Communicator {
     shared: Arc<Shared>,
@@ -76,12 +93,17 @@ pub struct Communicator {
     rank: usize,
     world: usize,
     generation: u64,
+    aborter: AbortHandle,
 }
 
 impl Communicator {
     pub(crate) fn new(engine: Engine) -> Self {
         let (rank, world, generation) = (engine.rank, engine.world, engine.generation);
+        let aborter = AbortHandle {
+            notices: engine.interrupter(),
+        };
         Self {
+            aborter,
             shared: Arc::new(Shared {
                 slot: Mutex::new(Slot { engine, serving: 0 }),
                 turn: Condvar::new(),
@@ -107,6 +129,11 @@ impl Communicator {
     /// Generation of the membership this communicator was formed for.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A handle that aborts this communicator from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        self.aborter.clone()
     }
 
     /// The shard of a `len`-element buffer this rank owns after a

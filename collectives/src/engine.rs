@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::error::{CollectiveError, FrameError};
 use crate::frame::{FrameHeader, FrameKind};
 use crate::ring::{Combine, ReduceOp, RingOp, Schedule, combine_f32, shard_range};
-use crate::transport::{Delivery, Transport};
+use crate::transport::{Delivery, Transport, interrupted};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 
 /// Settings of a communicator.
 #[derive(Debug, Clone)]
@@ -115,6 +116,9 @@ pub(crate) struct Engine {
     config: CommConfig,
     stats: CommStats,
     failed: bool,
+    /// Abort notices from [`crate::AbortHandle`]s (and the sender that
+    /// keeps the channel open).
+    interrupt: (Sender<u32>, Receiver<u32>),
 }
 
 impl Engine {
@@ -134,7 +138,13 @@ impl Engine {
             config,
             stats: CommStats::default(),
             failed: false,
+            interrupt: unbounded(),
         }
+    }
+
+    /// A sender of abort notices that wake this engine's op in flight.
+    pub(crate) fn interrupter(&self) -> Sender<u32> {
+        self.interrupt.0.clone()
     }
 
     pub(crate) fn stats(&self) -> CommStats {
@@ -240,14 +250,20 @@ impl Engine {
         self.next_op += 1;
         let start = Instant::now();
         let deadline = start + self.config.timeout;
-        let result = self
-            .drive(op_id, RingOp::new(schedule), buf, elem, deadline)
-            .and_then(|()| self.transport.finish(deadline));
+        let result = match self.interrupt.1.try_recv() {
+            Ok(lost) => Err(interrupted(lost)),
+            Err(_) => self
+                .drive(op_id, RingOp::new(schedule), buf, elem, deadline)
+                .and_then(|()| self.transport.finish(deadline)),
+        };
         let result = result.map_err(|e| match e {
             CollectiveError::Timeout { waiting_for, .. } => CollectiveError::Timeout {
                 op: name,
                 waiting_for,
                 after: start.elapsed(),
+            },
+            CollectiveError::Aborted { .. } => CollectiveError::Aborted {
+                generation: self.generation,
             },
             other => other,
         });
@@ -319,65 +335,70 @@ impl Engine {
             let stats = &mut self.stats;
             let mut combine_time = Duration::ZERO;
             loop {
-                let delivery = self.transport.recv(deadline, &mut |header, payload| {
-                    match header.kind {
-                        FrameKind::Data => {}
-                        FrameKind::Abort => {
-                            let rank = header.transfer as usize;
-                            return Err(CollectiveError::PeerLost {
-                                rank: if rank < self.world { rank } else { prev },
-                            });
-                        }
-                        FrameKind::Hello => {
-                            return Err(CollectiveError::BadFrame {
-                                rank: prev,
-                                source: FrameError::Malformed("hello inside an op".into()),
-                            });
-                        }
-                    }
-                    if header.generation < generation {
-                        stats.stale_frames += 1;
-                        tracing::warn!(
-                            from = prev,
-                            got = header.generation,
-                            current = generation,
-                            "dropped a frame of an older generation"
-                        );
-                        return Ok(Delivery::Ignored);
-                    }
-                    let bad = |source| CollectiveError::BadFrame { rank: prev, source };
-                    if header.generation > generation {
-                        return Err(bad(FrameError::FutureGeneration {
-                            got: header.generation,
-                            current: generation,
-                        }));
-                    }
-                    if header.op != op_id || header.transfer != t.index {
-                        return Err(bad(FrameError::OutOfOrder {
-                            op: op_id,
-                            transfer: t.index,
-                            got_op: header.op,
-                            got_transfer: header.transfer,
-                        }));
-                    }
-                    if payload.len() != bytes.len() {
-                        return Err(bad(FrameError::WrongLength {
-                            expected: bytes.len(),
-                            got: payload.len(),
-                        }));
-                    }
-                    let started = Instant::now();
-                    // SAFETY: the range lies inside `buf` and nobody else
-                    // reads or writes it while it is being received.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(buf.ptr.add(bytes.start), bytes.len())
-                    };
-                    combine_bytes(t.combine, elem, dst, payload);
-                    combine_time += started.elapsed();
-                    stats.frames_received += 1;
-                    stats.bytes_received += payload.len() as u64;
-                    Ok(Delivery::Accepted)
-                })?;
+                let delivery =
+                    self.transport
+                        .recv(deadline, &self.interrupt.1, &mut |header, payload| {
+                            match header.kind {
+                                FrameKind::Data => {}
+                                FrameKind::Abort => {
+                                    let rank = header.transfer as usize;
+                                    return Err(CollectiveError::PeerLost {
+                                        rank: if rank < self.world { rank } else { prev },
+                                    });
+                                }
+                                FrameKind::Hello => {
+                                    return Err(CollectiveError::BadFrame {
+                                        rank: prev,
+                                        source: FrameError::Malformed("hello inside an op".into()),
+                                    });
+                                }
+                            }
+                            if header.generation < generation {
+                                stats.stale_frames += 1;
+                                tracing::warn!(
+                                    from = prev,
+                                    got = header.generation,
+                                    current = generation,
+                                    "dropped a frame of an older generation"
+                                );
+                                return Ok(Delivery::Ignored);
+                            }
+                            let bad = |source| CollectiveError::BadFrame { rank: prev, source };
+                            if header.generation > generation {
+                                return Err(bad(FrameError::FutureGeneration {
+                                    got: header.generation,
+                                    current: generation,
+                                }));
+                            }
+                            if header.op != op_id || header.transfer != t.index {
+                                return Err(bad(FrameError::OutOfOrder {
+                                    op: op_id,
+                                    transfer: t.index,
+                                    got_op: header.op,
+                                    got_transfer: header.transfer,
+                                }));
+                            }
+                            if payload.len() != bytes.len() {
+                                return Err(bad(FrameError::WrongLength {
+                                    expected: bytes.len(),
+                                    got: payload.len(),
+                                }));
+                            }
+                            let started = Instant::now();
+                            // SAFETY: the range lies inside `buf` and nobody else
+                            // reads or writes it while it is being received.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    buf.ptr.add(bytes.start),
+                                    bytes.len(),
+                                )
+                            };
+                            combine_bytes(t.combine, elem, dst, payload);
+                            combine_time += started.elapsed();
+                            stats.frames_received += 1;
+                            stats.bytes_received += payload.len() as u64;
+                            Ok(Delivery::Accepted)
+                        })?;
                 if delivery == Delivery::Accepted {
                     break;
                 }

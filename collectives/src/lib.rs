@@ -27,7 +27,7 @@ pub mod ring;
 pub mod tls;
 pub mod transport;
 
-pub use comm::{Communicator, Pending};
+pub use comm::{AbortHandle, Communicator, Pending};
 pub use engine::{CommConfig, CommStats};
 pub use error::{CollectiveError, FrameError};
 pub use local::{LocalFaults, LocalHub};

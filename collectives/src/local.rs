@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,7 +24,7 @@ use crate::comm::Communicator;
 use crate::engine::{CommConfig, Engine};
 use crate::error::CollectiveError;
 use crate::frame::FrameHeader;
-use crate::transport::{Alone, Consume, Delivery, Transport};
+use crate::transport::{Alone, Consume, Delivery, Transport, interrupted};
 
 const POSTED: u8 = 0;
 const READING: u8 = 1;
@@ -143,20 +143,22 @@ impl Transport for LocalTransport {
     fn recv(
         &mut self,
         deadline: Instant,
+        interrupt: &Receiver<u32>,
         consume: &mut Consume<'_>,
     ) -> Result<Delivery, CollectiveError> {
         let from_prev = self.from_prev.as_ref().ok_or_else(|| self.killed())?;
-        let posted = match from_prev.recv_deadline(deadline) {
-            Ok(posted) => posted,
-            Err(RecvTimeoutError::Timeout) => {
+        let prev = self.prev();
+        let posted = crossbeam_channel::select! {
+            recv(from_prev) -> posted => {
+                posted.map_err(|_| CollectiveError::PeerLost { rank: prev })?
+            }
+            recv(interrupt) -> lost => return Err(interrupted(lost.unwrap_or(u32::MAX))),
+            default(deadline.saturating_duration_since(Instant::now())) => {
                 return Err(CollectiveError::Timeout {
                     op: "recv",
-                    waiting_for: self.prev(),
+                    waiting_for: prev,
                     after: Duration::ZERO,
                 });
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(CollectiveError::PeerLost { rank: self.prev() });
             }
         };
         let Some(claim) = posted.claim else {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 
 use crate::comm::Communicator;
@@ -31,7 +31,7 @@ use crate::engine::{CommConfig, Engine};
 use crate::error::{CollectiveError, FrameError};
 use crate::frame::{FrameHeader, FrameKind, HEADER_LEN, Hello, MAX_HELLO_LEN};
 use crate::tls::{NodeIdentity, SERVER_NAME};
-use crate::transport::{Alone, Consume, Delivery, Transport};
+use crate::transport::{Alone, Consume, Delivery, Transport, interrupted};
 
 /// Network settings of a [`QuicNode`].
 #[derive(Debug, Clone)]
@@ -575,10 +575,22 @@ impl Transport for QuicTransport {
     fn recv(
         &mut self,
         deadline: Instant,
+        interrupt: &Receiver<u32>,
         consume: &mut Consume<'_>,
     ) -> Result<Delivery, CollectiveError> {
         let prev = self.prev();
-        match self.frames.recv_deadline(deadline) {
+        let incoming = crossbeam_channel::select! {
+            recv(self.frames) -> incoming => incoming,
+            recv(interrupt) -> lost => return Err(interrupted(lost.unwrap_or(u32::MAX))),
+            default(deadline.saturating_duration_since(Instant::now())) => {
+                return Err(CollectiveError::Timeout {
+                    op: "recv",
+                    waiting_for: prev,
+                    after: Duration::ZERO,
+                });
+            }
+        };
+        match incoming {
             Ok(Incoming::Frame(header, buf)) => {
                 let bytes: &[u8] = bytemuck::cast_slice(&buf);
                 let result = consume(&header, &bytes[..header.len as usize]);
@@ -590,12 +602,7 @@ impl Transport for QuicTransport {
                 Err(CollectiveError::PeerLost { rank: prev })
             }
             Ok(Incoming::Bad(source)) => Err(CollectiveError::BadFrame { rank: prev, source }),
-            Err(RecvTimeoutError::Timeout) => Err(CollectiveError::Timeout {
-                op: "recv",
-                waiting_for: prev,
-                after: Duration::ZERO,
-            }),
-            Err(RecvTimeoutError::Disconnected) => Err(CollectiveError::PeerLost { rank: prev }),
+            Err(_) => Err(CollectiveError::PeerLost { rank: prev }),
         }
     }
 

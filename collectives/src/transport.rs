@@ -10,6 +10,8 @@
 
 use std::time::Instant;
 
+use crossbeam_channel::Receiver;
+
 use crate::error::CollectiveError;
 use crate::frame::FrameHeader;
 
@@ -42,11 +44,13 @@ pub trait Transport: Send {
         len: usize,
     ) -> Result<(), CollectiveError>;
 
-    /// Waits for the next frame from the previous rank, until `deadline`,
-    /// and hands its header and payload to `consume`.
+    /// Waits for the next frame from the previous rank, until `deadline` or
+    /// until a notice arrives on `interrupt` (see [`interrupted`]), and hands
+    /// its header and payload to `consume`.
     fn recv(
         &mut self,
         deadline: Instant,
+        interrupt: &Receiver<u32>,
         consume: &mut Consume<'_>,
     ) -> Result<Delivery, CollectiveError>;
 
@@ -57,6 +61,21 @@ pub trait Transport: Send {
     /// Gives up the op in flight: makes sure nothing sent is read any more,
     /// then sends `notice` (an abort frame) to the next rank, best effort.
     fn abort(&mut self, notice: FrameHeader);
+}
+
+/// The error for an abort notice `lost` received on a communicator's
+/// interrupt channel: the lost rank, or `u32::MAX` for a plain abort (the
+/// driver fills in the generation).
+pub fn interrupted(lost: u32) -> CollectiveError {
+    if lost == u32::MAX {
+        CollectiveError::Aborted {
+            generation: u64::MAX,
+        }
+    } else {
+        CollectiveError::PeerLost {
+            rank: lost as usize,
+        }
+    }
 }
 
 /// A transport for a world of one rank: there is nobody to talk to.
@@ -74,7 +93,12 @@ impl Transport for Alone {
         ))
     }
 
-    fn recv(&mut self, _: Instant, _: &mut Consume<'_>) -> Result<Delivery, CollectiveError> {
+    fn recv(
+        &mut self,
+        _: Instant,
+        _: &Receiver<u32>,
+        _: &mut Consume<'_>,
+    ) -> Result<Delivery, CollectiveError> {
         Err(CollectiveError::InvalidArgument(
             "a world of one rank has no neighbour".into(),
         ))

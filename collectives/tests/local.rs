@@ -308,3 +308,46 @@ fn bad_arguments_are_errors() {
     assert!(LocalHub::new().group(2, bad).is_err());
     assert!(LocalHub::new().group(0, CommConfig::default()).is_err());
 }
+
+/// Aborting from another thread (as a coordinator does when heartbeats stop)
+/// wakes ranks blocked on a silent peer long before the deadline.
+#[test]
+fn abort_handle_wakes_ranks_blocked_on_a_silent_peer() {
+    let timeout = Duration::from_secs(20);
+    let config = CommConfig {
+        timeout,
+        ..CommConfig::default()
+    };
+    let mut comms = LocalHub::new().group(3, config).unwrap();
+    let silent = comms.pop().unwrap();
+    let handles: Vec<_> = comms.iter().map(Communicator::abort_handle).collect();
+    let start = Instant::now();
+    let errs = thread::scope(|s| {
+        s.spawn(|| {
+            thread::sleep(Duration::from_millis(50));
+            for h in &handles {
+                h.abort(Some(2));
+            }
+        });
+        on_ranks(comms, |mut c| {
+            let err = c.all_reduce(&mut [1.0; 100], ReduceOp::Sum).unwrap_err();
+            (err, c.barrier().unwrap_err())
+        })
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    for (err, next) in errs {
+        assert!(
+            matches!(err, CollectiveError::PeerLost { rank: 2 }),
+            "{err}"
+        );
+        assert!(
+            matches!(next, CollectiveError::Aborted { generation: 0 }),
+            "{next}"
+        );
+    }
+    drop(silent);
+}

@@ -3,6 +3,8 @@
 
 use std::thread;
 
+use crossbeam_channel::Receiver;
+
 use super::*;
 use crate::local::LocalHub;
 use crate::transport::Consume;
@@ -27,12 +29,13 @@ impl Transport for Injecting {
     fn recv(
         &mut self,
         deadline: Instant,
+        interrupt: &Receiver<u32>,
         consume: &mut Consume<'_>,
     ) -> Result<Delivery, CollectiveError> {
         if let Some((header, payload)) = self.inject.pop() {
             return consume(&header, &payload);
         }
-        self.inner.recv(deadline, consume)
+        self.inner.recv(deadline, interrupt, consume)
     }
 
     fn finish(&mut self, deadline: Instant) -> Result<(), CollectiveError> {
