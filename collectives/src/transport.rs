@@ -3,10 +3,16 @@
 //! A transport gives the driver two links: one to the next rank, one from the
 //! previous rank. The in-process transport ([`crate::local`]) hands the
 //! receiver a view of the sender's buffer (no copy on the way); the QUIC
-//! transport ([`crate::quic`]) copies into the stream. A CUDA IPC transport
-//! (device buffers mapped into the neighbour process) and an NCCL backend fit
-//! the same seam: CUDA IPC as another `Transport`, NCCL as a replacement for
-//! the whole driver behind [`crate::Communicator`].
+//! transport ([`crate::quic`]) copies into the stream.
+//!
+//! GPUs (a later issue) fit here in two ways. A CUDA IPC transport for ranks
+//! on one host maps the neighbour's device buffer once per generation and is
+//! another `Transport`; since its payloads live on the device, the combine
+//! step the driver now does on host memory (`consume`) must then run as a
+//! kernel, so that issue extends `consume` with where the payload lives. An
+//! NCCL communicator replaces the driver and transport together: it is a
+//! second implementation of the operations behind [`crate::Communicator`],
+//! selected when the communicator is formed.
 
 use std::time::Instant;
 
