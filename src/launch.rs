@@ -169,3 +169,77 @@ pub fn run_all(
     }
     workers.iter().map(|w| w.outcome(timeout)).collect()
 }
+
+/// Both sides of one raw QUIC stream probe ([`stream_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamProbe {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// The sender's seconds, from opening the stream until every byte was acknowledged.
+    pub sender_s: f64,
+    /// The receiver's seconds, from accepting the stream until its end.
+    pub receiver_s: f64,
+    /// CPU seconds the sending process used meanwhile (Linux only).
+    pub sender_cpu_s: Option<f64>,
+    /// CPU seconds the receiving process used meanwhile (Linux only).
+    pub receiver_cpu_s: Option<f64>,
+}
+
+fn expect_event(w: &RingWorker, event: &str, timeout: Duration) -> io::Result<Value> {
+    let e = w.outcome(timeout)?;
+    if e["event"] == event {
+        Ok(e)
+    } else {
+        Err(fail(format!("{}: expected `{event}`, got {e}", w.node)))
+    }
+}
+
+/// Sends `bytes` bytes from `source` to `sink` on one raw QUIC stream (the
+/// workers' `stream_source` and `stream_sink` requests): the single-stream
+/// ceiling of the QUIC transport between them.
+pub fn stream_probe(
+    sink: &mut RingWorker,
+    source: &mut RingWorker,
+    bytes: u64,
+    timeout: Duration,
+) -> io::Result<StreamProbe> {
+    let timeout_ms = timeout.as_millis() as u64;
+    sink.send(&json!({"cmd": "stream_sink", "timeout_ms": timeout_ms}))?;
+    let addr = expect_event(sink, "sink", Duration::from_secs(20))?["addr"].clone();
+    source.send(
+        &json!({"cmd": "stream_source", "addr": addr, "bytes": bytes,
+                        "timeout_ms": timeout_ms}),
+    )?;
+    let wait = timeout + Duration::from_secs(5);
+    let streamed = expect_event(source, "streamed", wait)?;
+    let drained = expect_event(sink, "drained", wait)?;
+    let seconds = |e: &Value| {
+        e["seconds"]
+            .as_f64()
+            .ok_or_else(|| fail(format!("no seconds in {e}")))
+    };
+    if drained["bytes"].as_u64() != Some(bytes) {
+        return Err(fail(format!("sent {bytes} bytes, the sink got {drained}")));
+    }
+    Ok(StreamProbe {
+        bytes,
+        sender_s: seconds(&streamed)?,
+        receiver_s: seconds(&drained)?,
+        sender_cpu_s: streamed["cpu_s"].as_f64(),
+        receiver_cpu_s: drained["cpu_s"].as_f64(),
+    })
+}
+
+/// CPU time (user + system, all threads) this process used so far, from
+/// `/proc/self/stat` (Linux; `None` elsewhere). Resolution is one clock tick,
+/// taken to be 10 ms (`CLK_TCK` = 100, as on every mainstream Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime field 14, stime field 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}

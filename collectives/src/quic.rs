@@ -61,6 +61,61 @@ fn network(what: &str, e: impl std::fmt::Display) -> CollectiveError {
     CollectiveError::Network(format!("{what}: {e}"))
 }
 
+/// The transport settings every endpoint of a node uses for `options`.
+pub(crate) fn transport_config(
+    options: &QuicOptions,
+) -> Result<Arc<TransportConfig>, CollectiveError> {
+    let mut transport = TransportConfig::default();
+    let window = VarInt::from_u64(options.window).map_err(|e| network("window", e))?;
+    transport
+        .max_idle_timeout(Some(
+            options
+                .idle_timeout
+                .try_into()
+                .map_err(|e| network("idle timeout", e))?,
+        ))
+        .keep_alive_interval(Some(options.keep_alive))
+        .stream_receive_window(window)
+        .receive_window(window)
+        .send_window(options.window);
+    Ok(Arc::new(transport))
+}
+
+/// Requested UDP socket buffer size, each direction.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The tokio runtime of a node: two worker threads.
+pub(crate) fn runtime(name: &str) -> Result<tokio::runtime::Runtime, CollectiveError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| network("tokio runtime", e))
+}
+
+/// A quinn endpoint on `addr`, with large socket buffers.
+pub(crate) fn endpoint(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<Endpoint, CollectiveError> {
+    let config = quinn::EndpointConfig::default();
+    let _guard = runtime.enter();
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|e| network(&format!("bind {addr}"), e))?;
+    // Socket buffers large enough for a burst of a window's packets; the
+    // kernel caps them at net.core.{r,w}mem_max, and a failure only costs
+    // speed.
+    if let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into()) {
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    }
+    let io = quinn::default_runtime().ok_or_else(|| network("quinn", "no async runtime"))?;
+    Endpoint::new(config, server, socket, io)
+        .map_err(|e| network(&format!("endpoint on {addr}"), e))
+}
+
 /// Counters of a node's accept side.
 #[derive(Debug, Default)]
 struct AcceptStats {
@@ -137,35 +192,13 @@ impl QuicNode {
         identity: &NodeIdentity,
         options: QuicOptions,
     ) -> Result<Self, CollectiveError> {
-        let mut transport = TransportConfig::default();
-        let window = VarInt::from_u64(options.window).map_err(|e| network("window", e))?;
-        transport
-            .max_idle_timeout(Some(
-                options
-                    .idle_timeout
-                    .try_into()
-                    .map_err(|e| network("idle timeout", e))?,
-            ))
-            .keep_alive_interval(Some(options.keep_alive))
-            .stream_receive_window(window)
-            .receive_window(window)
-            .send_window(options.window);
-        let transport = Arc::new(transport);
+        let transport = transport_config(&options)?;
         let mut server = identity.server_config()?;
         server.transport_config(transport.clone());
         let mut client = identity.client_config()?;
         client.transport_config(transport);
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("shoal-quic")
-            .enable_all()
-            .build()
-            .map_err(|e| network("tokio runtime", e))?;
-        let endpoint = {
-            let _guard = runtime.enter();
-            Endpoint::server(server, addr).map_err(|e| network(&format!("bind {addr}"), e))?
-        };
+        let runtime = runtime("shoal-quic")?;
+        let endpoint = endpoint(&runtime, addr, Some(server))?;
         let inbox = Arc::new(Inbox::default());
         runtime.spawn(accept_loop(
             endpoint.clone(),
@@ -316,6 +349,7 @@ impl QuicNode {
             write_failed,
             frames,
             pool: pool_tx,
+            send_pool: bounded(16),
             conns: [next_conn, prev_conn],
         })
     }
@@ -527,6 +561,25 @@ async fn read_loop(
     }
 }
 
+/// A frame buffer that goes back to its pool when quinn drops it (once the
+/// peer acknowledged the data).
+struct PooledFrame {
+    frame: Vec<u8>,
+    pool: Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        let _ = self.pool.try_send(std::mem::take(&mut self.frame));
+    }
+}
+
 /// One rank's links over QUIC.
 struct QuicTransport {
     rank: usize,
@@ -535,6 +588,7 @@ struct QuicTransport {
     write_failed: Arc<AtomicBool>,
     frames: Receiver<Incoming>,
     pool: Sender<Vec<u32>>,
+    send_pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     conns: [Connection; 2],
 }
 
@@ -552,10 +606,19 @@ impl QuicTransport {
         if self.write_failed.load(Ordering::Acquire) {
             return Err(lost);
         }
-        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+        // Reuse a frame buffer quinn has finished with (fresh ones cost page
+        // faults at every send).
+        let mut frame = self.send_pool.1.try_recv().unwrap_or_default();
+        frame.clear();
         frame.extend_from_slice(&header.encode());
         frame.extend_from_slice(payload);
-        self.to_writer.send(Bytes::from(frame)).map_err(|_| lost)
+        let pooled = PooledFrame {
+            frame,
+            pool: self.send_pool.0.clone(),
+        };
+        self.to_writer
+            .send(Bytes::from_owner(pooled))
+            .map_err(|_| lost)
     }
 }
 

@@ -10,7 +10,18 @@
 //!    "root":0,"iters":K,"warmup":W}` -> `{"event":"started"}` then
 //!   `{"event":"done","crc32":..,"seconds":[..],..}`; rank R's input is
 //!   `pattern(S, I * 1024 + R, N)`, reset before every iteration; each timed
-//!   iteration is barrier, then the op.
+//!   iteration is barrier, then the op. `done` also carries `shard_crc32` (of this
+//!   rank's shard, [`Communicator::shard`], for f32 ops) and `timed`: over the timed
+//!   iterations only, the op's `combine_s` and `wait_s` (barriers excluded), the
+//!   process's `cpu_s` (user + system, [`shoal::launch::process_cpu_seconds`]) and
+//!   the loop's wall time `loop_s` (barriers included).
+//! - `{"cmd":"stream_sink","timeout_ms":T}` -> `{"event":"sink","addr":..}`, then,
+//!   once a source sent its stream (the worker reads no request meanwhile),
+//!   `{"event":"drained","bytes":N,"seconds":S,"cpu_s":C}`: the raw QUIC ceiling of
+//!   [`shoal_collectives::probe`], on an endpoint of its own.
+//! - `{"cmd":"stream_source","addr":"ip:port","bytes":N,"timeout_ms":T}` ->
+//!   `{"event":"streamed","bytes":N,"seconds":S,"cpu_s":C}`: one stream of N bytes to
+//!   a sink (`cpu_s`: the process's CPU time meanwhile).
 //! - `{"cmd":"exit"}`
 //!
 //! Failures are reported as `{"event":"error","kind":..,"rank":..,"message":..}` and
@@ -25,7 +36,9 @@ use anyhow::Result;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shoal::launch::process_cpu_seconds;
 use shoal_collectives::pattern::pattern;
+use shoal_collectives::probe::{StreamSink, stream_to};
 use shoal_collectives::tls::NodeIdentity;
 use shoal_collectives::{
     CollectiveError, CommConfig, Communicator, QuicNode, QuicOptions, ReduceOp,
@@ -59,7 +72,21 @@ enum Request {
         chunk_bytes: usize,
     },
     Run(RunRequest),
+    StreamSink {
+        #[serde(default = "probe_timeout_ms")]
+        timeout_ms: u64,
+    },
+    StreamSource {
+        addr: SocketAddr,
+        bytes: u64,
+        #[serde(default = "probe_timeout_ms")]
+        timeout_ms: u64,
+    },
     Exit,
+}
+
+fn probe_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -121,7 +148,7 @@ pub fn run(a: RingWorkerArgs) -> Result<()> {
         keep_alive: idle / 5,
         ..QuicOptions::default()
     };
-    let node = QuicNode::bind(a.listen, &identity, options)?;
+    let node = QuicNode::bind(a.listen, &identity, options.clone())?;
     emit(json!({"event": "listening", "addr": node.local_addr()?.to_string()}));
     let mut comm: Option<Communicator> = None;
     for line in std::io::stdin().lock().lines() {
@@ -168,10 +195,45 @@ pub fn run(a: RingWorkerArgs) -> Result<()> {
                     Err((e, after)) => error_event(&e, after, &node),
                 }),
             },
+            Request::StreamSink { timeout_ms } => {
+                let start = Instant::now();
+                let limit = Duration::from_millis(timeout_ms);
+                let cpu = process_cpu_seconds();
+                let drained =
+                    StreamSink::bind(SocketAddr::new(a.listen.ip(), 0), &identity, &options)
+                        .and_then(|sink| {
+                            emit(json!({"event": "sink", "addr": sink.local_addr()?.to_string()}));
+                            sink.drain(limit)
+                        });
+                emit(match drained {
+                    Ok(p) => json!({"event": "drained", "bytes": p.bytes, "seconds": p.seconds,
+                                    "cpu_s": cpu_since(cpu)}),
+                    Err(e) => error_event(&e, start.elapsed(), &node),
+                });
+            }
+            Request::StreamSource {
+                addr,
+                bytes,
+                timeout_ms,
+            } => {
+                let start = Instant::now();
+                let limit = Duration::from_millis(timeout_ms);
+                let cpu = process_cpu_seconds();
+                emit(match stream_to(addr, &identity, &options, bytes, limit) {
+                    Ok(p) => json!({"event": "streamed", "bytes": p.bytes, "seconds": p.seconds,
+                                    "cpu_s": cpu_since(cpu)}),
+                    Err(e) => error_event(&e, start.elapsed(), &node),
+                });
+            }
             Request::Exit => break,
         }
     }
     Ok(())
+}
+
+/// CPU seconds this process used since `before` (a [`process_cpu_seconds`] reading).
+fn cpu_since(before: Option<f64>) -> Option<f64> {
+    before.zip(process_cpu_seconds()).map(|(a, b)| b - a)
 }
 
 fn reduce_op(name: &str) -> Result<ReduceOp, CollectiveError> {
@@ -195,13 +257,20 @@ fn run_op(c: &mut Communicator, r: &RunRequest) -> Result<Value, (CollectiveErro
     let mut bytes = input_bytes.clone();
     let mut seconds = Vec::with_capacity(r.iters);
     let mut own = 0..r.len;
+    // Over the timed iterations: the op's own combine and wait times, CPU and wall.
+    let (mut combine, mut wait) = (Duration::ZERO, Duration::ZERO);
+    let (mut cpu, mut wall) = (None, None);
     emit(json!({"event": "started"}));
     for i in 0..r.warmup + r.iters {
         buf.copy_from_slice(&input);
         bytes.copy_from_slice(&input_bytes);
+        if i == r.warmup {
+            (cpu, wall) = (process_cpu_seconds(), Some(Instant::now()));
+        }
         let start = Instant::now();
         let at = |e| (e, start.elapsed());
         c.barrier().map_err(at)?;
+        let before = c.stats();
         let t0 = Instant::now();
         match r.op.as_str() {
             "all_reduce" => c.all_reduce(&mut buf, reduce),
@@ -218,8 +287,14 @@ fn run_op(c: &mut Communicator, r: &RunRequest) -> Result<Value, (CollectiveErro
         .map_err(at)?;
         if i >= r.warmup {
             seconds.push(t0.elapsed().as_secs_f64());
+            let after = c.stats();
+            combine += after.combine_time.saturating_sub(before.combine_time);
+            wait += after.wait_time.saturating_sub(before.wait_time);
         }
     }
+    let loop_s = wall.map(|w| w.elapsed().as_secs_f64());
+    let cpu_s = cpu_since(cpu);
+    let shard = c.shard(r.len);
     let result: &[u8] = if r.op.ends_with("_bytes") {
         &bytes
     } else {
@@ -228,6 +303,11 @@ fn run_op(c: &mut Communicator, r: &RunRequest) -> Result<Value, (CollectiveErro
     let stats = c.stats();
     Ok(json!({
         "event": "done", "crc32": crc32fast::hash(result), "seconds": seconds,
+        "shard_crc32": crc32fast::hash(bytemuck::cast_slice(&buf[shard])),
+        "timed": {
+            "combine_s": combine.as_secs_f64(), "wait_s": wait.as_secs_f64(),
+            "cpu_s": cpu_s, "loop_s": loop_s,
+        },
         "first": buf.first(), "stats": {
             "ops": stats.ops, "frames_sent": stats.frames_sent,
             "bytes_sent": stats.bytes_sent, "stale_frames": stats.stale_frames,

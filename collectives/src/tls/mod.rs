@@ -468,7 +468,13 @@ impl fmt::Debug for NodeIdentity {
 /// The crypto provider of every config built here: ring, explicitly, never a
 /// process-wide default.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // AES-128-GCM first: as safe for this use and 10 AES rounds instead of 14,
+    // which shows at the rates QUIC streams tensors.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Certificate parameters of the CA of `cluster_name`. Only the distinguished

@@ -10,16 +10,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use shoal_actors::{Replicas, StepHyper, TrainState, train_step};
 use shoal_models::{Gpt, GptConfig};
-
-/// Benchmarks.
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Training throughput (tokens/s, step time, model FLOP utilisation).
-    Train(BenchTrainArgs),
-}
 
 /// Flags of `shoal bench train`.
 #[derive(Args, Debug)]
@@ -216,8 +209,7 @@ fn measure(
 }
 
 /// `shoal bench train`.
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Train(a) = cmd;
+pub fn run(a: BenchTrainArgs) -> Result<()> {
     if a.steps == 0 || a.threads.contains(&0) || a.batch == 0 || a.seq_len == 0 {
         bail!("--steps, --threads, --batch and --seq-len must be positive");
     }
