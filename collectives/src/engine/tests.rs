@@ -141,3 +141,22 @@ fn misaligned_payloads_still_reduce() {
     );
     assert_eq!(dst, vec![2.0, 3.0, 4.0, 5.0]);
 }
+
+#[test]
+fn streaming_copy_matches_plain_copy_at_any_alignment_and_length() {
+    let src: Vec<u8> = (0..(STREAM_COPY_MIN * 2 + 77))
+        .map(|i| (i * 7 + 3) as u8)
+        .collect();
+    for (offset, len) in [
+        (0, STREAM_COPY_MIN),
+        (1, STREAM_COPY_MIN + 63),
+        (13, STREAM_COPY_MIN * 2),
+        (5, 100),
+    ] {
+        let mut dst = vec![0u8; len + 32];
+        copy_piece(&mut dst[offset..offset + len], &src[3..3 + len]);
+        assert_eq!(&dst[offset..offset + len], &src[3..3 + len]);
+        assert!(dst[..offset].iter().all(|&b| b == 0));
+        assert!(dst[offset + len..].iter().all(|&b| b == 0));
+    }
+}
