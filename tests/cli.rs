@@ -295,3 +295,42 @@ fn readme_config_example_is_valid() {
             .unwrap();
     config.validate().unwrap();
 }
+
+#[test]
+fn cluster_ca_and_node_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let ca_arg = ca.to_str().unwrap();
+    assert_ok(&shoal(
+        &["cluster", "init", ca_arg, "--name", "lab"],
+        tmp.path(),
+    ));
+    // A CA is never replaced by accident.
+    assert_fails(
+        &shoal(&["cluster", "init", ca_arg], tmp.path()),
+        &["ca.key"],
+    );
+    assert_ok(&shoal(
+        &["cluster", "issue", ca_arg, "--node", "host-a"],
+        tmp.path(),
+    ));
+    assert!(ca.join("host-a.crt").is_file() && ca.join("host-a.key").is_file());
+    // Bad names, a missing CA and a corrupt key are named, never a panic.
+    assert_fails(
+        &shoal(&["cluster", "issue", ca_arg, "--node", "../x"], tmp.path()),
+        &["../x"],
+    );
+    let missing = tmp.path().join("nope");
+    assert_fails(
+        &shoal(
+            &["cluster", "issue", missing.to_str().unwrap(), "--node", "a"],
+            tmp.path(),
+        ),
+        &["nope"],
+    );
+    std::fs::write(ca.join("ca.key"), "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+    assert_fails(
+        &shoal(&["cluster", "issue", ca_arg, "--node", "b"], tmp.path()),
+        &["ca.key"],
+    );
+}
