@@ -16,6 +16,9 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A collective operation between ranks failed (a peer lost, a deadline passed).
+    #[error(transparent)]
+    Collective(#[from] shoal_collectives::CollectiveError),
     /// A config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     ConfigRead {

@@ -16,6 +16,7 @@ pub mod replicas;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
+pub mod zero;
 
 pub use checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, META_FILE, STATE_FILE, resolve_checkpoint_dir,
@@ -29,3 +30,4 @@ pub use step::{StepHyper, StepOutcome, TrainState, train_step};
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };
+pub use zero::{MemoryReport, ZeroStage, ZeroState, spans_within, zero_step};

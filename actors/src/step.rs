@@ -59,6 +59,19 @@ pub struct StepHyper {
     pub grad_accum: usize,
 }
 
+impl StepHyper {
+    /// The AdamW settings of this step.
+    pub fn adamw(&self) -> AdamW {
+        AdamW {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -126,20 +139,13 @@ fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper)
             shoal_kernels::scale_inplace(&mut state.grads, coef);
         }
     }
-    let adamw = AdamW {
-        lr: hp.lr,
-        beta1: hp.beta1,
-        beta2: hp.beta2,
-        eps: hp.eps,
-        weight_decay: hp.weight_decay,
-    };
     state.step += 1;
     shoal_kernels::adamw_update(
         &mut state.params,
         &state.grads,
         &mut state.adam_m,
         &mut state.adam_v,
-        &adamw,
+        &hp.adamw(),
         state.step,
         spans,
     );
