@@ -30,4 +30,4 @@ pub use step::{StepHyper, StepOutcome, TrainState, train_step};
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };
-pub use zero::{MemoryReport, ZeroStage, ZeroState, spans_within, zero_step};
+pub use zero::{MemoryReport, ZeroOutcome, ZeroStage, ZeroState, buckets, spans_within, zero_step};

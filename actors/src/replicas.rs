@@ -171,6 +171,37 @@ impl Replicas {
         self.mean(losses)
     }
 
+    /// [`Replicas::forward_backward`] with a single replica, calling `done(range, grads)`
+    /// as each range of the layout gets its final gradient (see
+    /// [`Gpt::backward_hooked`]), so reduction can start while backward runs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_hooked(
+        &mut self,
+        model: &Gpt,
+        params: &[f32],
+        grads: &mut [f32],
+        tokens: &[u32],
+        targets: &[u32],
+        loss_scale: f32,
+        done: &mut (dyn FnMut(std::ops::Range<usize>, &[f32]) + Send),
+    ) -> Result<f32> {
+        if self.replicas.len() != 1 {
+            return Err(TrainError::InvalidConfig {
+                field: "threads",
+                reason: "gradient hooks need one model replica per rank".into(),
+            });
+        }
+        let r = &mut self.replicas[0];
+        let acts = &mut r.acts;
+        self.pool.install(|| -> Result<f32> {
+            let loss = model
+                .forward(params, acts, tokens, Some(targets))?
+                .unwrap_or(f32::NAN);
+            model.backward_hooked(params, acts, grads, loss_scale, done)?;
+            Ok(loss)
+        })
+    }
+
     /// Mean loss of one micro-batch without gradients (evaluation).
     pub fn forward(
         &mut self,

@@ -5,7 +5,9 @@
 use std::sync::Mutex;
 use std::thread;
 
-use shoal_actors::{Replicas, StepHyper, TrainState, ZeroStage, ZeroState, train_step, zero_step};
+use shoal_actors::{
+    Replicas, StepHyper, TrainState, ZeroStage, ZeroState, buckets, train_step, zero_step,
+};
 use shoal_collectives::{CommConfig, LocalHub, shard_range};
 use shoal_models::{Gpt, GptConfig};
 
@@ -86,7 +88,7 @@ fn single_rank() -> Run {
     }
 }
 
-fn distributed(world: usize, stage: ZeroStage) -> Vec<Run> {
+fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> {
     let model = Gpt::new(config()).unwrap();
     let params = model.init_params(7);
     let spans = model.layout.decay_spans();
@@ -102,7 +104,8 @@ fn distributed(world: usize, stage: ZeroStage) -> Vec<Run> {
                     let rows = shard_range(BATCH, world, rank).len();
                     let mut compute =
                         (rows > 0).then(|| Replicas::new(&config(), rows, SEQ, 1).unwrap());
-                    let mut state = ZeroState::new(params, stage, rank, world);
+                    let buckets = buckets(model, bucket_elems);
+                    let mut state = ZeroState::new(params, stage, buckets, rank, world);
                     let mut losses = vec![];
                     for step in 0..STEPS {
                         let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
@@ -150,9 +153,10 @@ fn zero_stages_match_the_single_rank_step() {
         ZeroStage::GradientsSharded,
     ];
     for stage in stages {
-        for world in 1..=4 {
-            for (rank, run) in distributed(world, stage).iter().enumerate() {
-                let what = format!("{stage:?} world {world} rank {rank}");
+        // Many small buckets (reduced while backward runs) and one bucket of everything.
+        for (world, bucket) in [(1, 1000), (2, 1000), (3, 1000), (4, 1000), (3, usize::MAX)] {
+            for (rank, run) in distributed(world, stage, bucket).iter().enumerate() {
+                let what = format!("{stage:?} world {world} bucket {bucket} rank {rank}");
                 for (step, (a, b)) in run.losses.iter().zip(&reference.losses).enumerate() {
                     assert!(
                         (a - b).abs() <= 1e-5 * b.abs(),
@@ -177,18 +181,26 @@ fn zero_stages_match_the_single_rank_step() {
 }
 
 #[test]
-fn sharded_stages_hold_a_share_of_the_optimizer_state() {
-    let n = 1000;
-    for world in 1..=4 {
-        let full = ZeroState::new(vec![0.0; n], ZeroStage::Replicated, 0, world).memory();
-        assert_eq!(full.optimizer, 8 * n);
-        let total: usize = (0..world)
-            .map(|r| {
-                let state = ZeroState::new(vec![0.0; n], ZeroStage::OptimizerSharded, r, world);
-                state.memory().optimizer
-            })
-            .sum();
-        assert_eq!(total, 8 * n, "the shards' moments cover the buffer once");
+fn buckets_cover_the_layout_and_shards_split_the_optimizer_state() {
+    let model = Gpt::new(config()).unwrap();
+    let n = model.layout.len();
+    for size in [1, 500, 3000, usize::MAX] {
+        let b = buckets(&model, size);
+        let mut end = n;
+        for r in &b {
+            assert_eq!(r.end, end, "contiguous, from the end of the buffer");
+            end = r.start;
+        }
+        assert_eq!(end, 0);
+        assert!(b[..b.len() - 1].iter().all(|r| r.len() >= size.min(n)));
+        for world in 1..=4 {
+            let state = |stage, r| ZeroState::new(vec![0.0; n], stage, b.clone(), r, world);
+            assert_eq!(state(ZeroStage::Replicated, 0).memory().optimizer, 8 * n);
+            let total: usize = (0..world)
+                .map(|r| state(ZeroStage::OptimizerSharded, r).memory().optimizer)
+                .sum();
+            assert_eq!(total, 8 * n, "the ranks' pieces cover the buffer once");
+        }
     }
     assert!(ZeroStage::from_number(3).is_err());
     assert!(ZeroStage::from_number(4).is_err());

@@ -438,6 +438,23 @@ impl Gpt {
         grads: &mut [f32],
         loss_scale: f32,
     ) -> Result<(), ModelError> {
+        self.backward_hooked(params, acts, grads, loss_scale, &mut |_, _| {})
+    }
+
+    /// [`Gpt::backward`], calling `done(range, grads[range])` as soon as a range of the
+    /// layout has its final gradient for this micro-batch: `ln_f`, then each block from
+    /// the last to the first, then the embeddings (`wte` also takes the LM head's
+    /// gradient, so it is final only at the end). The ranges come in reverse layout
+    /// order and cover it exactly once, so a caller can reduce them (gradient buckets)
+    /// while the rest of backward runs.
+    pub fn backward_hooked(
+        &self,
+        params: &[f32],
+        acts: &mut Activations,
+        grads: &mut [f32],
+        loss_scale: f32,
+        done: &mut dyn FnMut(Range<usize>, &[f32]),
+    ) -> Result<(), ModelError> {
         if !acts.ready_for_backward {
             return Err(ModelError::NoForward);
         }
@@ -499,6 +516,8 @@ impl Gpt {
                 c,
             );
         }
+        let lnf_range = self.lnf_w.start..self.lnf_b.end;
+        done(lnf_range.clone(), &grads[lnf_range]);
 
         for l in (0..cfg.n_layer).rev() {
             let w = &self.blocks[l];
@@ -618,9 +637,13 @@ impl Gpt {
                     c,
                 );
             }
+            let block = self.layout.layer_range(l);
+            done(block.clone(), &grads[block]);
         }
         let (dwte, dwpe) = split_two(grads, &self.wte, &self.wpe);
         embedding_backward(dwte, dwpe, &s.dresidual, tokens, b, t, c);
+        let embeddings = self.wte.start..self.wpe.end;
+        done(embeddings.clone(), &grads[embeddings]);
         Ok(())
     }
 }

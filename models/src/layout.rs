@@ -130,6 +130,17 @@ impl ParamLayout {
         self.layers[l].clone()
     }
 
+    /// The ranges [`crate::Gpt::backward_hooked`] reports, in its order: `ln_f`, each
+    /// block from the last to the first, then the embeddings.
+    pub fn backward_ranges(&self) -> Vec<Range<usize>> {
+        let lnf = self.get("ln_f.weight").map_or(self.len, |t| t.offset);
+        let embeddings_end = self.layers.first().map_or(lnf, |r| r.start);
+        let mut ranges = vec![lnf..self.len];
+        ranges.extend(self.layers.iter().rev().cloned());
+        ranges.push(0..embeddings_end);
+        ranges
+    }
+
     /// Weight-decay spans covering the whole buffer: merged runs of decayed / not decayed tensors.
     pub fn decay_spans(&self) -> Vec<DecaySpan> {
         let mut spans: Vec<DecaySpan> = Vec::new();

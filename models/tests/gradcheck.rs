@@ -92,3 +92,39 @@ fn bad_tokens_are_errors() {
     assert!(gpt.forward(&params, &mut acts, &[1, 2], None).is_err());
     assert!(Activations::new(&gpt.config, 1, 10_000).is_err());
 }
+
+/// The hook reports each range once, in reverse layout order, with its final gradient.
+#[test]
+fn backward_hook_reports_final_ranges_in_reverse_order() {
+    let config = GptConfig {
+        vocab_size: 11,
+        n_positions: 8,
+        n_layer: 3,
+        n_head: 2,
+        n_embd: 8,
+        layer_norm_eps: 1e-5,
+    };
+    let gpt = Gpt::new(config).unwrap();
+    let params = gpt.init_params(3);
+    let (b, t) = (2, 6);
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 11) as u32).collect();
+    let mut acts = Activations::new(&gpt.config, b, t).unwrap();
+    gpt.forward(&params, &mut acts, &tokens, Some(&tokens))
+        .unwrap();
+    let mut grads = vec![0.0f32; gpt.num_params()];
+    let mut reported = Vec::new();
+    gpt.backward_hooked(&params, &mut acts, &mut grads, 1.0, &mut |range, g| {
+        reported.push((range, g.to_vec()));
+    })
+    .unwrap();
+    assert_eq!(reported.len(), 3 + 2, "ln_f, three blocks, the embeddings");
+    let ranges: Vec<_> = reported.iter().map(|(r, _)| r.clone()).collect();
+    assert_eq!(ranges, gpt.layout.backward_ranges());
+    let mut end = gpt.num_params();
+    for (range, g) in &reported {
+        assert_eq!(range.end, end, "contiguous, last to first");
+        assert_eq!(g, &grads[range.clone()], "final when reported");
+        end = range.start;
+    }
+    assert_eq!(end, 0);
+}
