@@ -135,7 +135,8 @@ impl ParamLayout {
     pub fn backward_ranges(&self) -> Vec<Range<usize>> {
         let lnf = self.get("ln_f.weight").map_or(self.len, |t| t.offset);
         let embeddings_end = self.layers.first().map_or(lnf, |r| r.start);
-        let mut ranges = vec![lnf..self.len];
+        let mut ranges = Vec::with_capacity(self.layers.len() + 2);
+        ranges.push(lnf..self.len);
         ranges.extend(self.layers.iter().rev().cloned());
         ranges.push(0..embeddings_end);
         ranges
