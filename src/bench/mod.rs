@@ -2,13 +2,16 @@
 //! baselines and print tables.
 //! - [`train`]: training throughput against the GEMM/FMA peak and PyTorch;
 //! - [`collectives`]: ring collectives (in-process and QUIC) against memcpy, a raw
-//!   QUIC stream and gloo.
+//!   QUIC stream and gloo;
+//! - [`zero`]: data-parallel steps per ZeRO stage against one rank alone and PyTorch
+//!   DDP/FSDP.
 
 use anyhow::Result;
 use clap::Subcommand;
 
 pub mod collectives;
 pub mod train;
+pub mod zero;
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -18,6 +21,8 @@ pub enum BenchCommand {
     /// Collectives bandwidth (all-reduce, reduce-scatter, all-gather) over threads and
     /// over QUIC between processes, against memcpy, one raw QUIC stream and gloo.
     Collectives(collectives::BenchCollectivesArgs),
+    /// Data-parallel training steps per ZeRO stage (ranks as threads).
+    Zero(zero::BenchZeroArgs),
 }
 
 /// `shoal bench ...`.
@@ -25,5 +30,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Collectives(a) => collectives::run(a),
+        BenchCommand::Zero(a) => zero::run(a),
     }
 }

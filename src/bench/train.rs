@@ -67,7 +67,35 @@ fn torch_peer(
     config: &GptConfig,
     threads: usize,
 ) -> Result<f64> {
-    let script = a.peers_dir.join("torch_gpt_train.py");
+    let shape = PeerShape {
+        seq_len: a.seq_len,
+        batch: a.batch,
+        threads,
+        steps: a.steps,
+        warmup: a.warmup,
+    };
+    torch_peer_run(python, &a.peers_dir, config, &shape, &[])
+}
+
+/// Sequence length, batch per rank, threads per rank and step counts of a peer run.
+pub(crate) struct PeerShape {
+    pub seq_len: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// Runs `torch_gpt_train.py` from `peers_dir` on `config` with `extra` flags (for
+/// example `--mode ddp --world 2`); returns its global tokens/s.
+pub(crate) fn torch_peer_run(
+    python: &Path,
+    peers_dir: &Path,
+    config: &GptConfig,
+    shape: &PeerShape,
+    extra: &[&str],
+) -> Result<f64> {
+    let script = peers_dir.join("torch_gpt_train.py");
     let arg = |x: usize| x.to_string();
     let out = Command::new(python)
         .arg(&script)
@@ -83,9 +111,20 @@ fn torch_peer(
             "--vocab",
             &arg(config.vocab_size),
         ])
-        .args(["--seq-len", &arg(a.seq_len), "--batch", &arg(a.batch)])
-        .args(["--threads", &arg(threads), "--steps", &arg(a.steps)])
-        .args(["--warmup", &arg(a.warmup)])
+        .args([
+            "--seq-len",
+            &arg(shape.seq_len),
+            "--batch",
+            &arg(shape.batch),
+        ])
+        .args([
+            "--threads",
+            &arg(shape.threads),
+            "--steps",
+            &arg(shape.steps),
+        ])
+        .args(["--warmup", &arg(shape.warmup)])
+        .args(extra)
         .output()
         .with_context(|| format!("cannot run {} {}", python.display(), script.display()))?;
     if !out.status.success() {
@@ -107,7 +146,7 @@ fn torch_peer(
 }
 
 /// splitmix64: uniform random tokens without a dependency.
-fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

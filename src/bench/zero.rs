@@ -1,0 +1,259 @@
+//! `shoal bench zero`: data-parallel training steps per ZeRO stage, W ranks as
+//! threads of this process (one compute thread each, in-process collectives), on the
+//! issue's 6-layer 384-wide model: step time, tokens/s, how much of the gradient
+//! reduction backward hid, and bytes per rank next to ZeRO's accounting. With
+//! `--torch-python`, PyTorch DDP / FSDP / FSDP2 over gloo run the same model, batch and
+//! processes (`torch_gpt_train.py`).
+
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shoal_actors::{Replicas, StepHyper, ZeroStage, ZeroState, buckets, zero_step};
+use shoal_collectives::{CommConfig, LocalHub};
+use shoal_models::{Gpt, GptConfig};
+
+use super::train::{PeerShape, splitmix, torch_peer_run};
+
+/// Flags of `shoal bench zero`.
+#[derive(Args, Debug)]
+pub struct BenchZeroArgs {
+    /// Ranks (threads of this process, one compute thread each).
+    #[arg(long, default_value_t = 2)]
+    pub world: usize,
+    /// ZeRO stages to measure.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    pub stages: Vec<u8>,
+    /// Sequences per rank per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Timed steps per stage.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps per stage.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Gradient bucket size in MiB (PyTorch DDP's default is 25).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mib: f64,
+    /// A Python with PyTorch: run DDP, FSDP and FSDP2 over gloo on the same model.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch_python: Option<PathBuf>,
+    /// Where the peer baselines live.
+    #[arg(long, default_value = "../shared/bench/peers")]
+    pub peers_dir: PathBuf,
+}
+
+/// The model: 6 layers, 6 heads, 384 wide, 8192 tokens.
+fn model_config(seq_len: usize) -> GptConfig {
+    GptConfig {
+        vocab_size: 8192,
+        n_positions: seq_len,
+        n_layer: 6,
+        n_head: 6,
+        n_embd: 384,
+        layer_norm_eps: 1e-5,
+    }
+}
+
+/// Bytes per rank ZeRO's paper counts for fp32 AdamW with `psi` parameters.
+fn zero_formula(stage: ZeroStage, psi: f64, world: f64) -> f64 {
+    match stage {
+        ZeroStage::Replicated => 16.0 * psi,
+        ZeroStage::OptimizerSharded => 8.0 * psi + 8.0 * psi / world,
+        ZeroStage::GradientsSharded => 4.0 * psi + 12.0 * psi / world,
+    }
+}
+
+/// What one stage measured (rank 0's view; ranks run in lock step).
+struct Measured {
+    step_s: f64,
+    exposed_s: f64,
+    optimizer_s: f64,
+    bytes: usize,
+    loss: f32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measured> {
+    let config = model_config(a.seq_len);
+    let model = Gpt::new(config.clone())?;
+    let params = model.init_params(1);
+    let spans = model.layout.decay_spans();
+    let bucket_elems = ((a.bucket_mib * 1048576.0) / 4.0).max(1.0) as usize;
+    let comms = LocalHub::new().group(world, CommConfig::default())?;
+    let barrier = Barrier::new(world);
+    let hp = StepHyper {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        grad_accum: 1,
+    };
+    let vocab = config.vocab_size as u64;
+    let global_batch = a.batch * world;
+    let results: Vec<Result<Measured>> = thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|mut comm| {
+                let (model, spans, params, barrier, config) =
+                    (&model, &spans, params.clone(), &barrier, &config);
+                s.spawn(move || -> Result<Measured> {
+                    let rank = comm.rank();
+                    let mut compute = Replicas::new(config, a.batch, a.seq_len, 1)?;
+                    let buckets = buckets(model, bucket_elems);
+                    let mut state = ZeroState::new(params, stage, buckets, rank, world);
+                    let (mut steps, mut exposed, mut optimizer, mut loss) =
+                        (vec![], vec![], vec![], 0.0);
+                    for i in 0..a.warmup + a.steps {
+                        let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
+                            let mut seed = index;
+                            let mut next = splitmix(&mut seed) % vocab;
+                            for (t, target) in x.iter_mut().zip(y.iter_mut()) {
+                                *t = next as u32;
+                                next = splitmix(&mut seed) % vocab;
+                                *target = next as u32;
+                            }
+                            Ok(())
+                        };
+                        barrier.wait();
+                        let start = Instant::now();
+                        let out = zero_step(
+                            &mut comm,
+                            model,
+                            &mut state,
+                            Some(&mut compute),
+                            spans,
+                            &hp,
+                            global_batch,
+                            fill,
+                        )?;
+                        if i >= a.warmup {
+                            steps.push(start.elapsed().as_secs_f64());
+                            exposed.push(out.exposed_comm_seconds);
+                            optimizer.push(out.optimizer_seconds);
+                        }
+                        loss = out.loss;
+                    }
+                    let m = state.memory();
+                    Ok(Measured {
+                        step_s: median(steps),
+                        exposed_s: median(exposed),
+                        optimizer_s: median(optimizer),
+                        bytes: m.params + m.grads + m.optimizer,
+                        loss,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    });
+    results.into_iter().next().context("no ranks")?
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(a: BenchZeroArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.world >= 1 && a.steps >= 1,
+        "--world and --steps must be at least 1"
+    );
+    let config = model_config(a.seq_len);
+    let psi = Gpt::new(config.clone())?.layout.len() as f64;
+    let tokens = (a.batch * a.world * a.seq_len) as f64;
+    println!(
+        "shoal bench zero: 6 layers x 384, vocab 8192, {:.2} M parameters, W = {} ranks (threads, 1 compute thread each), {} x {} tokens per rank, buckets of {} MiB, median of {} steps",
+        psi / 1e6,
+        a.world,
+        a.batch,
+        a.seq_len,
+        a.bucket_mib,
+        a.steps
+    );
+    let single = run_stage(&a, ZeroStage::Replicated, 1)?;
+    println!(
+        "one rank alone (same per-rank batch, no communication): {:.3} s/step\n",
+        single.step_s
+    );
+    println!(
+        "{:<6} {:>8} {:>9} {:>9} {:>10} {:>9} {:>11} {:>11} {:>9}",
+        "stage",
+        "step s",
+        "tokens/s",
+        "vs alone",
+        "exposed",
+        "optim s",
+        "MiB/rank",
+        "formula",
+        "loss"
+    );
+    for &n in &a.stages {
+        let stage = ZeroStage::from_number(n)?;
+        let m = run_stage(&a, stage, a.world)?;
+        println!(
+            "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>9.0}% {:>9.3} {:>11.1} {:>11.1} {:>9.4}",
+            n,
+            m.step_s,
+            tokens / m.step_s,
+            100.0 * (m.step_s / single.step_s - 1.0),
+            100.0 * m.exposed_s / m.step_s,
+            m.optimizer_s,
+            m.bytes as f64 / 1048576.0,
+            zero_formula(stage, psi, a.world as f64) / 1048576.0,
+            m.loss
+        );
+    }
+    println!(
+        "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for gradient reductions after backward (the rest was hidden behind it). MiB/rank: parameters + gradients + AdamW moments held (gradients are still full size at stage 2; bucket copies in flight add up to 4 bytes/parameter); formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W."
+    );
+    if let Some(python) = &a.torch_python {
+        let shape = PeerShape {
+            seq_len: a.seq_len,
+            batch: a.batch,
+            threads: 1,
+            steps: a.steps,
+            warmup: a.warmup,
+        };
+        let world = a.world.to_string();
+        println!(
+            "\nPyTorch peers, {} processes x 1 thread over gloo:",
+            a.world
+        );
+        for mode in ["ddp", "fsdp1", "fsdp2"] {
+            let extra = ["--mode", mode, "--world", world.as_str()];
+            match torch_peer_run(python, &a.peers_dir, &config, &shape, &extra) {
+                Ok(tps) => println!("  {mode:<6} {tps:>9.0} tokens/s"),
+                Err(e) => println!("  {mode:<6} failed: {e:#}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_matches_the_paper_at_the_extremes() {
+        let psi = 1e6;
+        assert_eq!(zero_formula(ZeroStage::Replicated, psi, 4.0), 16e6);
+        assert_eq!(zero_formula(ZeroStage::OptimizerSharded, psi, 1.0), 16e6);
+        assert_eq!(zero_formula(ZeroStage::GradientsSharded, psi, 1.0), 16e6);
+        assert_eq!(zero_formula(ZeroStage::GradientsSharded, psi, 4.0), 7e6);
+    }
+}
