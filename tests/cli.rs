@@ -334,3 +334,105 @@ fn cluster_ca_and_node_certificates() {
         &["ca.key"],
     );
 }
+
+fn losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"loss\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Data-parallel ranks under ZeRO 1 and 2 follow the single-rank run step for step,
+/// and their checkpoints resume at another world size.
+#[test]
+fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert_ok(&train(
+        dir,
+        &[
+            "--out-dir",
+            "one",
+            "--max-steps",
+            "6",
+            "--checkpoint-every",
+            "3",
+        ],
+    ));
+    let two = [
+        "--out-dir",
+        "dp",
+        "--max-steps",
+        "3",
+        "--ranks",
+        "2",
+        "--zero",
+        "1",
+    ];
+    assert_ok(&train(dir, &two));
+    // Resumed with three ranks (one of them with no rows of the batch of 2) at stage 2.
+    let three = [
+        "--out-dir",
+        "dp",
+        "--max-steps",
+        "6",
+        "--resume",
+        "latest",
+        "--ranks",
+        "3",
+        "--zero",
+        "2",
+    ];
+    assert_ok(&train(dir, &three));
+    let (a, b) = (
+        losses(&dir.join("one/metrics.jsonl")),
+        losses(&dir.join("dp/metrics.jsonl")),
+    );
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {}: {x} vs {y}",
+            step + 1
+        );
+    }
+    let (p, q) = (
+        Checkpoint::load(&dir.join("one/checkpoints/step-000006")).unwrap(),
+        Checkpoint::load(&dir.join("dp/checkpoints/step-000006")).unwrap(),
+    );
+    for (x, y) in [
+        (&p.params, &q.params),
+        (&p.adam_m, &q.adam_m),
+        (&p.adam_v, &q.adam_v),
+    ] {
+        let norm = x.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(u, v)| ((u - v) * (u - v)) as f64)
+            .sum::<f64>()
+            .sqrt();
+        assert!(diff <= 1e-5 * norm, "differ by {diff} (norm {norm})");
+    }
+    let o = train(
+        dir,
+        &[
+            "--out-dir",
+            "z3",
+            "--max-steps",
+            "1",
+            "--ranks",
+            "2",
+            "--zero",
+            "3",
+        ],
+    );
+    assert_fails(&o, &["zero", "stage 3"]);
+}

@@ -56,8 +56,14 @@ pub struct TrainConfig {
     pub out_dir: PathBuf,
     /// Seed of the parameter initialisation and of the data order.
     pub seed: u64,
-    /// Compute threads (0: one per available core).
+    /// Compute threads (0: one per available core), shared out among the ranks.
     pub threads: usize,
+    /// Data-parallel ranks, as threads of this process (over the in-process
+    /// collectives); the global batch stays `batch_size · grad_accum`.
+    pub ranks: usize,
+    /// ZeRO stage of the ranks: 0 (replicated), 1 (optimizer state sharded) or 2
+    /// (gradients sharded too).
+    pub zero: u8,
     /// Start from these weights (a shoal checkpoint or a Hugging Face GPT-2 directory)
     /// instead of a random initialisation; the architecture then comes from there.
     pub init: Option<PathBuf>,
@@ -87,6 +93,8 @@ impl Default for TrainConfig {
             out_dir: PathBuf::from("runs/train"),
             seed: 1337,
             threads: 0,
+            ranks: 1,
+            zero: 0,
             init: None,
         }
     }
@@ -269,6 +277,8 @@ impl TrainConfig {
         positive("seq_len", self.seq_len)?;
         positive("grad_accum", self.grad_accum)?;
         positive("keep_checkpoints", self.keep_checkpoints)?;
+        positive("ranks", self.ranks)?;
+        crate::zero::ZeroStage::from_number(self.zero)?;
         if self.seq_len > model.n_positions {
             return Err(invalid(
                 "seq_len",

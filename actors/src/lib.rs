@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;
+mod ranks;
 pub mod replicas;
 pub mod schedule;
 pub mod step;
@@ -30,4 +31,4 @@ pub use step::{StepHyper, StepOutcome, TrainState, train_step};
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };
-pub use zero::{MemoryReport, ZeroOutcome, ZeroStage, ZeroState, buckets, spans_within, zero_step};
+pub use zero::{MemoryReport, ZeroOutcome, ZeroShard, ZeroStage, buckets, spans_within, zero_step};

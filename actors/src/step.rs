@@ -40,6 +40,21 @@ impl TrainState {
     }
 }
 
+impl TrainState {
+    /// State whose optimizer moments live elsewhere (a ZeRO rank's
+    /// [`crate::ZeroShard`]): the moment buffers stay empty.
+    pub fn without_moments(params: Vec<f32>) -> Self {
+        let n = params.len();
+        Self {
+            params,
+            grads: vec![0.0; n],
+            adam_m: Vec::new(),
+            adam_v: Vec::new(),
+            step: 0,
+        }
+    }
+}
+
 /// The hyper-parameters of one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepHyper {

@@ -5,6 +5,7 @@
 //! holds the global samples `s·B·accum + micro·B + i`, so resuming needs no data state
 //! and a resumed run repeats an uninterrupted one bit for bit.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,9 +17,11 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
 use crate::config::{DataSpec, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
+use crate::ranks::{StepContext, form_ranks};
 use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
 use crate::step::{StepHyper, TrainState, train_step};
+use crate::zero::ZeroStage;
 
 /// Receives progress from [`Trainer::run`]; every method has an empty default.
 pub trait TrainObserver {
@@ -404,7 +407,93 @@ impl Trainer {
     /// Trains until `max_steps`, evaluating every `eval_every` steps (and at the start of
     /// a fresh run and at the end), checkpointing every `checkpoint_every` steps and at the
     /// end, and writing `out_dir/metrics.jsonl`.
+    ///
+    /// With `ranks` > 1 the steps are data-parallel over that many ranks (threads of
+    /// this process) under ZeRO stage `zero`; this thread is rank 0.
     pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
+        if self.config.ranks > 1 {
+            return self.run_ranks(observer);
+        }
+        self.run_loop(observer, &mut |t| t.step(), &mut |t| Ok(t.checkpoint()))
+    }
+
+    /// [`Trainer::run`] over `config.ranks` in-process ranks.
+    fn run_ranks(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
+        let stage = ZeroStage::from_number(self.config.zero)?;
+        let ctx = StepContext {
+            model: self.model.clone(),
+            spans: self.spans.clone(),
+            schedule: self.schedule,
+            config: self.config.clone(),
+            mixture: self.data.mixture.clone(),
+        };
+        // The moments move into the ranks' shards (each keeps its pieces).
+        let adam_m = std::mem::take(&mut self.state.adam_m);
+        let adam_v = std::mem::take(&mut self.state.adam_v);
+        let mut ranks = form_ranks(&ctx, self.config.ranks, stage, &adam_m, &adam_v)?;
+        drop((adam_m, adam_v));
+        let leader = RefCell::new(ranks.remove(0));
+        let steps = self.state.step..self.config.max_steps;
+        let n = self.state.params.len();
+        std::thread::scope(|s| {
+            let followers: Vec<_> = ranks
+                .into_iter()
+                .map(|rank| {
+                    let (ctx, steps) = (ctx.clone(), steps.clone());
+                    let mut state = TrainState::without_moments(self.state.params.clone());
+                    state.step = self.state.step;
+                    s.spawn(move || rank.follow(&ctx, state, steps))
+                })
+                .collect();
+            let result = self.run_loop(
+                observer,
+                &mut |t| {
+                    let start = Instant::now();
+                    let (out, lr) = leader.borrow_mut().step(&ctx, &mut t.state)?;
+                    let tokens = t.config.tokens_per_step();
+                    t.tokens_seen += tokens;
+                    Ok(StepStats {
+                        step: t.state.step,
+                        loss: out.loss,
+                        lr,
+                        grad_norm: out.grad_norm,
+                        tokens,
+                        seconds: start.elapsed().as_secs_f64(),
+                    })
+                },
+                &mut |t| {
+                    let (m, v) = leader.borrow_mut().gather_moments(n)?;
+                    let mut ckpt = t.checkpoint();
+                    ckpt.adam_m = m;
+                    ckpt.adam_v = v;
+                    Ok(ckpt)
+                },
+            );
+            // Rank 0's links go first, so that ranks still waiting on it fail at once.
+            drop(leader);
+            let mut result = result;
+            for f in followers {
+                let outcome = f.join().unwrap_or_else(|_| {
+                    Err(TrainError::InvalidConfig {
+                        field: "ranks",
+                        reason: "a rank thread panicked".into(),
+                    })
+                });
+                if let (Ok(_), Err(e)) = (&result, outcome) {
+                    result = Err(e);
+                }
+            }
+            result
+        })
+    }
+
+    /// The run loop, taking steps and checkpoints with the given functions.
+    fn run_loop(
+        &mut self,
+        observer: &mut dyn TrainObserver,
+        step: &mut dyn FnMut(&mut Self) -> Result<StepStats>,
+        checkpoint: &mut dyn FnMut(&mut Self) -> Result<Checkpoint>,
+    ) -> Result<RunSummary> {
         let start = Instant::now();
         let out_dir = self.config.out_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
@@ -439,7 +528,7 @@ impl Trainer {
             summary.last_eval = Some(e);
         }
         while self.state.step < max {
-            let s = self.step()?;
+            let s = step(self)?;
             metrics.log_step(&s)?;
             observer.on_step(&s);
             let done = s.step == max;
@@ -450,7 +539,8 @@ impl Trainer {
                 summary.last_eval = Some(e);
             }
             if (ckpt_every > 0 && s.step % ckpt_every == 0) || done {
-                let dir = store.save(&self.checkpoint())?;
+                let ckpt = checkpoint(self)?;
+                let dir = store.save(&ckpt)?;
                 observer.on_checkpoint(s.step, &dir);
                 summary.checkpoint = Some(dir);
             }

@@ -32,7 +32,7 @@ use shoal_models::Gpt;
 
 use crate::error::{Result, TrainError};
 use crate::replicas::Replicas;
-use crate::step::StepHyper;
+use crate::step::{StepHyper, TrainState};
 
 /// How much of the training state each rank keeps whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,15 +96,14 @@ pub struct MemoryReport {
     pub optimizer: usize,
 }
 
-/// One rank's training state under a ZeRO stage.
+/// What one rank owns of the optimizer under a ZeRO stage: the gradient buckets,
+/// its piece of each, and the AdamW moments of those pieces. Parameters and the
+/// gradient buffer stay in the rank's [`TrainState`] (whose own moment buffers are
+/// left empty).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ZeroState {
+pub struct ZeroShard {
     /// The stage.
     pub stage: ZeroStage,
-    /// Full parameters.
-    pub params: Vec<f32>,
-    /// Gradient buffer in the full layout.
-    pub grads: Vec<f32>,
     /// Gradient buckets, in the order they are reduced.
     pub buckets: Vec<Range<usize>>,
     /// The ranges this rank updates: one piece of every bucket (the whole bucket at
@@ -114,19 +113,11 @@ pub struct ZeroState {
     pub adam_m: Vec<f32>,
     /// AdamW second moments of the pieces.
     pub adam_v: Vec<f32>,
-    /// Optimizer steps completed.
-    pub step: u64,
 }
 
-impl ZeroState {
-    /// Fresh state for rank `rank` of `world`: zero gradients and moments.
-    pub fn new(
-        params: Vec<f32>,
-        stage: ZeroStage,
-        buckets: Vec<Range<usize>>,
-        rank: usize,
-        world: usize,
-    ) -> Self {
+impl ZeroShard {
+    /// Zero moments for rank `rank` of `world`.
+    pub fn new(stage: ZeroStage, buckets: Vec<Range<usize>>, rank: usize, world: usize) -> Self {
         let pieces: Vec<Range<usize>> = buckets
             .iter()
             .map(|b| match stage {
@@ -140,22 +131,58 @@ impl ZeroState {
         let owned: usize = pieces.iter().map(Range::len).sum();
         Self {
             stage,
-            grads: vec![0.0; params.len()],
-            params,
             buckets,
             pieces,
             adam_m: vec![0.0; owned],
             adam_v: vec![0.0; owned],
-            step: 0,
         }
     }
 
-    /// Bytes held for parameters, gradients and moments.
-    pub fn memory(&self) -> MemoryReport {
+    /// Takes this rank's pieces of full-layout moments (from a checkpoint written at
+    /// any world size).
+    pub fn load_moments(&mut self, full_m: &[f32], full_v: &[f32]) {
+        let mut at = 0;
+        for piece in &self.pieces {
+            let own = at..at + piece.len();
+            self.adam_m[own.clone()].copy_from_slice(&full_m[piece.clone()]);
+            self.adam_v[own].copy_from_slice(&full_v[piece.clone()]);
+            at += piece.len();
+        }
+    }
+
+    /// The full-layout moments, gathered from every rank (a collective: every rank
+    /// calls it at the same point).
+    pub fn gather_moments(
+        &self,
+        comm: &mut Communicator,
+        len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut full = [vec![0.0f32; len], vec![0.0f32; len]];
+        for (own, out) in [&self.adam_m, &self.adam_v]
+            .into_iter()
+            .zip(full.iter_mut())
+        {
+            let mut at = 0;
+            for piece in &self.pieces {
+                out[piece.clone()].copy_from_slice(&own[at..at + piece.len()]);
+                at += piece.len();
+            }
+            if self.stage != ZeroStage::Replicated {
+                for bucket in &self.buckets {
+                    comm.all_gather(&mut out[bucket.clone()])?;
+                }
+            }
+        }
+        let [m, v] = full;
+        Ok((m, v))
+    }
+
+    /// Bytes held for parameters, gradients and moments with `state`.
+    pub fn memory(&self, state: &TrainState) -> MemoryReport {
         let f = std::mem::size_of::<f32>();
         MemoryReport {
-            params: self.params.len() * f,
-            grads: self.grads.len() * f,
+            params: state.params.len() * f,
+            grads: state.grads.len() * f,
             optimizer: (self.adam_m.len() + self.adam_v.len()) * f,
         }
     }
@@ -259,7 +286,8 @@ impl Reducer<'_> {
 pub fn zero_step(
     comm: &mut Communicator,
     model: &Gpt,
-    state: &mut ZeroState,
+    state: &mut TrainState,
+    shard: &mut ZeroShard,
     compute: Option<&mut Replicas>,
     spans: &[DecaySpan],
     hp: &StepHyper,
@@ -272,8 +300,8 @@ pub fn zero_step(
     let mut loss_sum = 0.0f64;
     let mut reducer = Reducer {
         comm,
-        state_stage: state.stage,
-        buckets: &state.buckets,
+        state_stage: shard.stage,
+        buckets: &shard.buckets,
         staging: Vec::new(),
         next: 0,
         pending: Vec::new(),
@@ -310,35 +338,35 @@ pub fn zero_step(
         compute.reduce_into(&mut state.grads);
     }
     let waiting = Instant::now();
-    reducer.finish(&mut state.grads, &state.pieces)?;
+    reducer.finish(&mut state.grads, &shard.pieces)?;
     let exposed = waiting.elapsed();
     let optimizer_start = Instant::now();
-    let grad_norm = global_norm_and_loss(comm, state, &mut loss_sum)?;
+    let grad_norm = global_norm_and_loss(comm, state, shard, &mut loss_sum)?;
     if hp.grad_clip > 0.0 {
         let coef = shoal_kernels::clip_coefficient(grad_norm, hp.grad_clip);
         if coef < 1.0 {
-            for piece in &state.pieces {
+            for piece in &shard.pieces {
                 shoal_kernels::scale_inplace(&mut state.grads[piece.clone()], coef);
             }
         }
     }
     state.step += 1;
     let mut at = 0;
-    for piece in &state.pieces {
+    for piece in &shard.pieces {
         let moments = at..at + piece.len();
         shoal_kernels::adamw_update(
             &mut state.params[piece.clone()],
             &state.grads[piece.clone()],
-            &mut state.adam_m[moments.clone()],
-            &mut state.adam_v[moments],
+            &mut shard.adam_m[moments.clone()],
+            &mut shard.adam_v[moments],
             &hp.adamw(),
             state.step,
             &spans_within(spans, piece),
         );
         at += piece.len();
     }
-    if state.stage != ZeroStage::Replicated {
-        for bucket in &state.buckets {
+    if shard.stage != ZeroStage::Replicated {
+        for bucket in &shard.buckets {
             comm.all_gather(&mut state.params[bucket.clone()])?;
         }
     }
@@ -354,13 +382,14 @@ pub fn zero_step(
 /// in `loss_sum`.
 fn global_norm_and_loss(
     comm: &mut Communicator,
-    state: &ZeroState,
+    state: &TrainState,
+    shard: &ZeroShard,
     loss_sum: &mut f64,
 ) -> Result<f32> {
     let mut scalars = [*loss_sum as f32, 0.0];
-    let norm = if state.stage == ZeroStage::GradientsSharded {
+    let norm = if shard.stage == ZeroStage::GradientsSharded {
         // Only the own pieces are reduced here: sum their squares over all ranks.
-        scalars[1] = state
+        scalars[1] = shard
             .pieces
             .iter()
             .map(|p| shoal_kernels::sum_of_squares(&state.grads[p.clone()]))

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::thread;
 
 use shoal_actors::{
-    Replicas, StepHyper, TrainState, ZeroStage, ZeroState, buckets, train_step, zero_step,
+    Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, train_step, zero_step,
 };
 use shoal_collectives::{CommConfig, LocalHub, shard_range};
 use shoal_models::{Gpt, GptConfig};
@@ -105,7 +105,8 @@ fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> 
                     let mut compute =
                         (rows > 0).then(|| Replicas::new(&config(), rows, SEQ, 1).unwrap());
                     let buckets = buckets(model, bucket_elems);
-                    let mut state = ZeroState::new(params, stage, buckets, rank, world);
+                    let mut shard = ZeroShard::new(stage, buckets, rank, world);
+                    let mut state = TrainState::without_moments(params);
                     let mut losses = vec![];
                     for step in 0..STEPS {
                         let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
@@ -113,8 +114,8 @@ fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> 
                             seen.lock().unwrap()[step].push(index);
                             Ok(())
                         };
-                        let (c, st, h) = (compute.as_mut(), &mut state, &hyper());
-                        let out = zero_step(&mut comm, model, st, c, spans, h, BATCH, fill);
+                        let (c, st, sh, h) = (compute.as_mut(), &mut state, &mut shard, &hyper());
+                        let out = zero_step(&mut comm, model, st, sh, c, spans, h, BATCH, fill);
                         losses.push(out.unwrap().loss);
                     }
                     (losses, state.params)
@@ -193,11 +194,19 @@ fn buckets_cover_the_layout_and_shards_split_the_optimizer_state() {
         }
         assert_eq!(end, 0);
         assert!(b[..b.len() - 1].iter().all(|r| r.len() >= size.min(n)));
+        let state = TrainState::without_moments(vec![0.0; n]);
         for world in 1..=4 {
-            let state = |stage, r| ZeroState::new(vec![0.0; n], stage, b.clone(), r, world);
-            assert_eq!(state(ZeroStage::Replicated, 0).memory().optimizer, 8 * n);
+            let shard = |stage, r| ZeroShard::new(stage, b.clone(), r, world);
+            assert_eq!(
+                shard(ZeroStage::Replicated, 0).memory(&state).optimizer,
+                8 * n
+            );
             let total: usize = (0..world)
-                .map(|r| state(ZeroStage::OptimizerSharded, r).memory().optimizer)
+                .map(|r| {
+                    shard(ZeroStage::OptimizerSharded, r)
+                        .memory(&state)
+                        .optimizer
+                })
                 .sum();
             assert_eq!(total, 8 * n, "the ranks' pieces cover the buffer once");
         }

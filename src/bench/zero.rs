@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal_actors::{Replicas, StepHyper, ZeroStage, ZeroState, buckets, zero_step};
+use shoal_actors::{Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, zero_step};
 use shoal_collectives::{CommConfig, LocalHub};
 use shoal_models::{Gpt, GptConfig};
 
@@ -114,7 +114,8 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                     let rank = comm.rank();
                     let mut compute = Replicas::new(config, a.batch, a.seq_len, 1)?;
                     let buckets = buckets(model, bucket_elems);
-                    let mut state = ZeroState::new(params, stage, buckets, rank, world);
+                    let mut shard = ZeroShard::new(stage, buckets, rank, world);
+                    let mut state = TrainState::without_moments(params);
                     let (mut steps, mut exposed, mut optimizer, mut loss) =
                         (vec![], vec![], vec![], 0.0);
                     for i in 0..a.warmup + a.steps {
@@ -134,6 +135,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                             &mut comm,
                             model,
                             &mut state,
+                            &mut shard,
                             Some(&mut compute),
                             spans,
                             &hp,
@@ -147,7 +149,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                         }
                         loss = out.loss;
                     }
-                    let m = state.memory();
+                    let m = shard.memory(&state);
                     Ok(Measured {
                         step_s: median(steps),
                         exposed_s: median(exposed),

@@ -98,6 +98,12 @@ pub struct TrainArgs {
     /// Compute threads (0: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Data-parallel ranks, as threads of this process.
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// ZeRO stage of the ranks: 0, 1 or 2.
+    #[arg(long)]
+    pub zero: Option<u8>,
     /// Start from these weights: a shoal checkpoint or a Hugging Face GPT-2 directory.
     #[arg(long, value_name = "DIR")]
     pub init: Option<PathBuf>,
@@ -207,6 +213,8 @@ impl TrainArgs {
         set(&mut c.out_dir, self.out_dir.clone());
         set(&mut c.seed, self.seed);
         set(&mut c.threads, self.threads);
+        set(&mut c.ranks, self.ranks);
+        set(&mut c.zero, self.zero);
         if self.init.is_some() {
             c.init = self.init.clone();
         }
@@ -291,13 +299,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut trainer = build_trainer(&args)?;
     let c = trainer.config();
     eprintln!(
-        "training {} params ({} layers, width {}) for {} steps of {} tokens on {} threads -> {}",
+        "training {} params ({} layers, width {}) for {} steps of {} tokens on {} threads, {} rank(s), ZeRO {} -> {}",
         trainer.model().num_params(),
         trainer.model().config.n_layer,
         trainer.model().config.n_embd,
         c.max_steps,
         c.tokens_per_step(),
         c.resolved_threads(),
+        c.ranks,
+        c.zero,
         c.out_dir.display()
     );
     let (summary, plot) = train_with_progress(&mut trainer)?;
