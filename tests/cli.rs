@@ -348,8 +348,9 @@ fn losses(path: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Data-parallel ranks under ZeRO 1 and 2 follow the single-rank run step for step,
-/// and their checkpoints resume at another world size.
+/// Data-parallel ranks under ZeRO 1 and 2, as threads and as processes over QUIC,
+/// follow the single-rank run step for step, and their checkpoints resume at another
+/// world size.
 #[test]
 fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
     let tmp = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;
-mod ranks;
+pub mod ranks;
 pub mod replicas;
 pub mod schedule;
 pub mod step;

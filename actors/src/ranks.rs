@@ -41,23 +41,32 @@ pub(crate) struct Rank {
     compute: Option<Replicas>,
 }
 
-/// Forms `ranks` in-process ranks for `ctx`, each with the moments of its pieces
-/// taken from the full-layout `adam_m`/`adam_v` (zeros or a checkpoint's).
+/// Deadline of the training collectives. A rank that dies is seen at once (its
+/// links close, or QUIC's idle timeout fires); the long deadline covers rank 0
+/// evaluating or writing a checkpoint while the others wait in the next step's
+/// first collective.
+pub const TRAIN_COMM_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `ranks` in-process communicators for training.
+pub(crate) fn local_comms(ranks: usize) -> Result<Vec<Communicator>> {
+    let config = CommConfig {
+        timeout: TRAIN_COMM_TIMEOUT,
+        ..CommConfig::default()
+    };
+    Ok(LocalHub::new().group(ranks, config)?)
+}
+
+/// The ranks of `comms` (this process's ranks of one ring) for `ctx`, each with the
+/// moments of its pieces taken from the full-layout `adam_m`/`adam_v` (zeros or a
+/// checkpoint's).
 pub(crate) fn form_ranks(
     ctx: &StepContext,
-    ranks: usize,
+    comms: Vec<Communicator>,
     stage: ZeroStage,
     adam_m: &[f32],
     adam_v: &[f32],
 ) -> Result<Vec<Rank>> {
-    // A rank that dies drops its links and the others see it at once; the long
-    // deadline covers rank 0 evaluating or writing a checkpoint while the others
-    // wait in the next step's first collective.
-    let comm_config = CommConfig {
-        timeout: Duration::from_secs(3600),
-        ..CommConfig::default()
-    };
-    let comms = LocalHub::new().group(ranks, comm_config)?;
+    let ranks = comms.first().map_or(1, Communicator::world);
     let c = &ctx.config;
     let threads = (c.resolved_threads() / ranks).max(1);
     let buckets = buckets(&ctx.model, BUCKET_BYTES / 4);

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use shoal_collectives::Communicator;
 use shoal_data::{Mixture, SyntheticCorpus, Tokenizer};
 use shoal_kernels::DecaySpan;
 use shoal_models::{Gpt, GptConfig, SampleOptions};
@@ -17,7 +18,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
 use crate::config::{DataSpec, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
-use crate::ranks::{StepContext, form_ranks};
+use crate::ranks::{StepContext, form_ranks, local_comms};
 use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
 use crate::step::{StepHyper, TrainState, train_step};
@@ -125,6 +126,8 @@ pub struct Trainer {
     targets: Vec<u32>,
     tokens_seen: u64,
     resumed_from: Option<PathBuf>,
+    /// This process's rank of a multi-process ring, if it is one.
+    comm: Option<Communicator>,
 }
 
 impl Trainer {
@@ -236,6 +239,7 @@ impl Trainer {
             targets: vec![0; n],
             tokens_seen: 0,
             resumed_from: None,
+            comm: None,
             config,
         })
     }
@@ -409,28 +413,77 @@ impl Trainer {
     /// end, and writing `out_dir/metrics.jsonl`.
     ///
     /// With `ranks` > 1 the steps are data-parallel over that many ranks (threads of
-    /// this process) under ZeRO stage `zero`; this thread is rank 0.
+    /// this process) under ZeRO stage `zero`; this thread is rank 0. With a
+    /// communicator attached ([`Trainer::attach`]) this process is one rank of a
+    /// multi-process ring: rank 0 runs the loop as here, the others only take their
+    /// part in each step (and return a summary without metrics).
     pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
+        if let Some(comm) = self.comm.take() {
+            return if comm.rank() == 0 {
+                self.run_ranks(observer, vec![comm])
+            } else {
+                self.follow(comm)
+            };
+        }
         if self.config.ranks > 1 {
-            return self.run_ranks(observer);
+            let comms = local_comms(self.config.ranks)?;
+            return self.run_ranks(observer, comms);
         }
         self.run_loop(observer, &mut |t| t.step(), &mut |t| Ok(t.checkpoint()))
     }
 
-    /// [`Trainer::run`] over `config.ranks` in-process ranks.
-    fn run_ranks(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
-        let stage = ZeroStage::from_number(self.config.zero)?;
-        let ctx = StepContext {
+    /// Makes this trainer one rank of the ring `comm` belongs to (every process of
+    /// the ring runs the same configuration); [`Trainer::run`] then trains as that
+    /// rank.
+    pub fn attach(&mut self, comm: Communicator) {
+        self.comm = Some(comm);
+    }
+
+    fn step_context(&self) -> StepContext {
+        StepContext {
             model: self.model.clone(),
             spans: self.spans.clone(),
             schedule: self.schedule,
             config: self.config.clone(),
             mixture: self.data.mixture.clone(),
-        };
+        }
+    }
+
+    /// Takes this process's part in the steps of a ring whose rank 0 is elsewhere.
+    fn follow(&mut self, comm: Communicator) -> Result<RunSummary> {
+        let start = Instant::now();
+        let stage = ZeroStage::from_number(self.config.zero)?;
+        let ctx = self.step_context();
+        let adam_m = std::mem::take(&mut self.state.adam_m);
+        let adam_v = std::mem::take(&mut self.state.adam_v);
+        let mut ranks = form_ranks(&ctx, vec![comm], stage, &adam_m, &adam_v)?;
+        drop((adam_m, adam_v));
+        let rank = ranks.remove(0);
+        let state = std::mem::replace(&mut self.state, TrainState::without_moments(Vec::new()));
+        let steps = state.step..self.config.max_steps;
+        rank.follow(&ctx, state, steps.clone())?;
+        Ok(RunSummary {
+            step: steps.end,
+            last_step: None,
+            last_eval: None,
+            checkpoint: None,
+            metrics: self.config.out_dir.join("metrics.jsonl"),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// [`Trainer::run`] as rank 0 of `comms` (this process's ranks, rank 0 first).
+    fn run_ranks(
+        &mut self,
+        observer: &mut dyn TrainObserver,
+        comms: Vec<Communicator>,
+    ) -> Result<RunSummary> {
+        let stage = ZeroStage::from_number(self.config.zero)?;
+        let ctx = self.step_context();
         // The moments move into the ranks' shards (each keeps its pieces).
         let adam_m = std::mem::take(&mut self.state.adam_m);
         let adam_v = std::mem::take(&mut self.state.adam_v);
-        let mut ranks = form_ranks(&ctx, self.config.ranks, stage, &adam_m, &adam_v)?;
+        let mut ranks = form_ranks(&ctx, comms, stage, &adam_m, &adam_v)?;
         drop((adam_m, adam_v));
         let leader = RefCell::new(ranks.remove(0));
         let steps = self.state.step..self.config.max_steps;

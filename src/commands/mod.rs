@@ -4,5 +4,6 @@ pub mod cluster;
 pub mod convert;
 pub mod demo;
 pub mod generate;
+pub mod procs;
 pub mod ring_worker;
 pub mod train;

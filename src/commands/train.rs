@@ -113,6 +113,16 @@ pub struct TrainArgs {
     /// Delete the checkpoints and metrics of an earlier run in --out-dir first.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Data-parallel ranks as processes on this machine, talking QUIC with mutual TLS
+    /// (a cluster CA is made for the run); this process is rank 0.
+    #[arg(long, conflicts_with = "ranks")]
+    pub procs: Option<usize>,
+    /// (Set by `--procs` for the other processes.) This process is rank R.
+    #[arg(long, hide = true, requires = "cluster")]
+    pub proc_rank: Option<usize>,
+    /// (Set by `--procs`.) Directory with the run's cluster certificates.
+    #[arg(long, hide = true)]
+    pub cluster: Option<PathBuf>,
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
@@ -296,7 +306,14 @@ pub fn train_with_progress(trainer: &mut Trainer) -> Result<(RunSummary, PathBuf
 
 /// `shoal train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if let (Some(rank), Some(cluster)) = (args.proc_rank, &args.cluster) {
+        return super::procs::run_child(build_trainer(&args)?, cluster, rank);
+    }
     let mut trainer = build_trainer(&args)?;
+    let procs = match args.procs {
+        Some(n) if n > 1 => Some(super::procs::start(&mut trainer, n)?),
+        _ => None,
+    };
     let c = trainer.config();
     eprintln!(
         "training {} params ({} layers, width {}) for {} steps of {} tokens on {} threads, {} rank(s), ZeRO {} -> {}",
@@ -311,6 +328,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         c.out_dir.display()
     );
     let (summary, plot) = train_with_progress(&mut trainer)?;
+    if let Some(procs) = procs {
+        procs.wait()?;
+    }
     if let Some(s) = &summary.last_step {
         println!("final step {}: train loss {:.4}", s.step, s.loss);
     }
