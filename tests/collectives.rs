@@ -144,6 +144,7 @@ fn sigkill_mid_all_reduce_then_survivors_form_a_new_generation() {
         // Detected through the idle timeout (or its neighbour's notice), well
         // within the op's deadline.
         let after = outcome["after_ms"].as_u64().unwrap();
+        eprintln!("survivor saw the loss after {after} ms of its op");
         assert!(after < timeout.as_millis() as u64, "{outcome}");
     }
     for f in form(&mut ws, 1, timeout, 64 << 10).unwrap() {
