@@ -1,10 +1,12 @@
-//! shoal's training machinery: the configuration, the single-process training step and
-//! loop, checkpoints, learning-rate schedule and metrics.
+//! shoal's training machinery: the configuration, the training step and loop,
+//! checkpoints, learning-rate schedule and metrics.
 //!
-//! Today one process trains on one rayon pool ([`Trainer`]). Later issues move the same
-//! step into actors (parameter shards, gradient reducers, a data feeder) that run ZeRO
-//! over ring collectives; the flat-buffer state, checkpoint format and data order defined
-//! here are already independent of the world size.
+//! One process trains on one rayon pool ([`Trainer`]), or as one of several
+//! data-parallel ranks: [`zero_step`] runs a rank's share of a step under ZeRO stage 0,
+//! 1 or 2 over the ring collectives, with ranks as threads (`ranks` in the config) or
+//! as processes ([`Trainer::attach`]). The flat-buffer state, checkpoint format and data
+//! order are independent of the world size. The actors that will own these pieces
+//! (parameter shards, gradient reducers, a data feeder) come next.
 
 #![warn(missing_docs)]
 
