@@ -188,6 +188,29 @@ impl ZeroShard {
     }
 }
 
+impl MemoryReport {
+    /// What one rank of `world` holds for `psi` fp32 parameters at `stage` (up to the
+    /// one-element differences between ranks' pieces): parameters and the gradient
+    /// buffer whole, AdamW moments for the rank's share.
+    pub fn per_rank(stage: ZeroStage, psi: usize, world: usize) -> Self {
+        let f = std::mem::size_of::<f32>();
+        let moments = match stage {
+            ZeroStage::Replicated => 2 * psi,
+            _ => 2 * psi.div_ceil(world.max(1)),
+        };
+        Self {
+            params: psi * f,
+            grads: psi * f,
+            optimizer: moments * f,
+        }
+    }
+
+    /// Total bytes.
+    pub fn total(&self) -> usize {
+        self.params + self.grads + self.optimizer
+    }
+}
+
 /// What one rank's step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ZeroOutcome {

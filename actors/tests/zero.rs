@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::thread;
 
 use shoal_actors::{
-    Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, train_step, zero_step,
+    MemoryReport, Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, train_step,
+    zero_step,
 };
 use shoal_collectives::{CommConfig, LocalHub, shard_range};
 use shoal_models::{Gpt, GptConfig};

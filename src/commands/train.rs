@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_actors::{
-    Checkpoint, DataSpec, RunSummary, TrainConfig, Trainer, resolve_checkpoint_dir,
+    Checkpoint, DataSpec, MemoryReport, RunSummary, TrainConfig, Trainer, ZeroStage,
+    resolve_checkpoint_dir,
 };
 
 use crate::progress::ProgressObserver;
@@ -327,6 +328,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         c.zero,
         c.out_dir.display()
     );
+    let world = args.procs.unwrap_or(c.ranks).max(1);
+    if world > 1 {
+        let stage = ZeroStage::from_number(c.zero)?;
+        let m = MemoryReport::per_rank(stage, trainer.model().num_params(), world);
+        let mib = |b: usize| b as f64 / 1048576.0;
+        eprintln!(
+            "each of {world} ranks holds {:.1} MiB: parameters {:.1}, gradients {:.1}, AdamW {:.1} \
+             (plus gradient buckets in flight, up to the gradients' size)",
+            mib(m.total()),
+            mib(m.params),
+            mib(m.grads),
+            mib(m.optimizer)
+        );
+    }
     let (summary, plot) = train_with_progress(&mut trainer)?;
     if let Some(procs) = procs {
         procs.wait()?;
