@@ -210,6 +210,13 @@ fn buckets_cover_the_layout_and_shards_split_the_optimizer_state() {
                 })
                 .sum();
             assert_eq!(total, 8 * n, "the ranks' pieces cover the buffer once");
+            // The estimate is each rank's share, to within one element per bucket.
+            let estimate = MemoryReport::per_rank(ZeroStage::OptimizerSharded, n, world);
+            for r in 0..world {
+                let held = shard(ZeroStage::OptimizerSharded, r).memory(&state);
+                assert_eq!(held.params + held.grads, estimate.params + estimate.grads);
+                assert!(held.optimizer.abs_diff(estimate.optimizer) <= 8 * b.len());
+            }
         }
     }
     assert!(ZeroStage::from_number(3).is_err());
