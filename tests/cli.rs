@@ -437,3 +437,72 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
     );
     assert_fails(&o, &["zero", "stage 3"]);
 }
+
+/// A rank process killed with SIGKILL mid-run: rank 0 stops with a clear error within
+/// QUIC's idle timeout instead of waiting out the collective's deadline.
+#[cfg(target_os = "linux")]
+#[test]
+fn killed_rank_process_fails_the_run_promptly() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["train"];
+    args.extend_from_slice(SMALL);
+    let run = [
+        "--out-dir",
+        "run",
+        "--max-steps",
+        "1000000",
+        "--checkpoint-every",
+        "0",
+    ];
+    args.extend_from_slice(&run);
+    args.extend_from_slice(&["--procs", "2"]);
+    let mut leader = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(&args)
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = tmp.path().join("run/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Rank 1 is the process whose command line names this run's cluster directory.
+    let needle = tmp.path().to_string_lossy().into_owned();
+    let child: i32 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("--proc-rank") && cmd.contains(&needle)
+        })
+        .expect("rank 1's process");
+    // SAFETY: sending a signal to a process this test started (through the leader).
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = leader.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "rank 0 hangs on a dead rank"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(leader.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("rank 1 was lost"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
