@@ -42,6 +42,9 @@ pub struct BenchZeroArgs {
     /// Gradient bucket size in MiB (PyTorch DDP's default is 25).
     #[arg(long, default_value_t = 25.0)]
     pub bucket_mib: f64,
+    /// Also run the stages as processes over QUIC (`shoal train --procs`).
+    #[arg(long)]
+    pub quic: bool,
     /// A Python with PyTorch: run DDP, FSDP and FSDP2 over gloo on the same model.
     #[arg(long, value_name = "PYTHON")]
     pub torch_python: Option<PathBuf>,
@@ -168,6 +171,49 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
     results.into_iter().next().context("no ranks")?
 }
 
+/// Median step time of `shoal train --procs W --zero stage` on the bench model, after
+/// the warm-up steps, read from the run's metrics.
+fn quic_step_seconds(a: &BenchZeroArgs, stage: u8) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let n = |x: usize| x.to_string();
+    let out = std::process::Command::new(exe)
+        .args(["train", "--data-builtin", "--n-layer", "6", "--n-head", "6"])
+        .args(["--n-embd", "384", "--vocab-size", "8192", "--n-positions"])
+        .arg(n(a.seq_len))
+        .args([
+            "--batch-size",
+            &n(a.batch * a.world),
+            "--seq-len",
+            &n(a.seq_len),
+        ])
+        .args(["--max-steps", &n(a.warmup + a.steps), "--eval-every", "0"])
+        .args(["--checkpoint-every", "0", "--threads", &n(a.world)])
+        .args([
+            "--procs",
+            &n(a.world),
+            "--zero",
+            &stage.to_string(),
+            "--out-dir",
+        ])
+        .arg(dir.path())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "shoal train --procs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl"))?;
+    let seconds: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("seconds").and_then(serde_json::Value::as_f64))
+        .skip(a.warmup)
+        .collect();
+    anyhow::ensure!(!seconds.is_empty(), "the run logged no timed steps");
+    Ok(median(seconds))
+}
+
 /// Runs the benchmark and prints its table.
 pub fn run(a: BenchZeroArgs) -> Result<()> {
     anyhow::ensure!(
@@ -222,6 +268,17 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
     println!(
         "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for gradient reductions after backward (the rest was hidden behind it). MiB/rank: parameters + gradients + AdamW moments held (gradients are still full size at stage 2; bucket copies in flight add up to 4 bytes/parameter); formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W."
     );
+    if a.quic {
+        println!(
+            "\nover QUIC: `shoal train --procs {}` on the same model and global batch (built-in corpus; includes sampling and metrics)",
+            a.world
+        );
+        println!("{:<6} {:>8} {:>9}", "stage", "step s", "tokens/s");
+        for &n in &a.stages {
+            let step_s = quic_step_seconds(&a, n)?;
+            println!("{:<6} {:>8.3} {:>9.0}", n, step_s, tokens / step_s);
+        }
+    }
     if let Some(python) = &a.torch_python {
         let shape = PeerShape {
             seq_len: a.seq_len,
