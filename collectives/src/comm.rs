@@ -225,7 +225,7 @@ impl Communicator {
 
     /// Raw-byte all-gather, shards as for f32 buffers but counted in bytes.
     pub fn all_gather_bytes(&mut self, buf: &mut [u8]) -> Result<(), CollectiveError> {
-        self.blocking(|e| e.all_gather_bytes(buf))
+        self.blocking(|e| e.all_gather(buf))
     }
 
     /// Copies `root`'s `buf` to every rank.
@@ -235,7 +235,7 @@ impl Communicator {
 
     /// Copies `root`'s bytes to every rank.
     pub fn broadcast_bytes(&mut self, buf: &mut [u8], root: usize) -> Result<(), CollectiveError> {
-        self.blocking(|e| e.broadcast_bytes(buf, root))
+        self.blocking(|e| e.broadcast(buf, root))
     }
 
     /// Returns once every rank has entered the barrier.

@@ -92,9 +92,22 @@ impl RawBuf {
 
 /// Which element type an op works on.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Elem {
+pub(crate) enum Elem {
     F32,
     Byte,
+}
+
+/// Element types the copying ops (all-gather, broadcast) move.
+pub(crate) trait Element: bytemuck::Pod {
+    const ELEM: Elem;
+}
+
+impl Element for f32 {
+    const ELEM: Elem = Elem::F32;
+}
+
+impl Element for u8 {
+    const ELEM: Elem = Elem::Byte;
 }
 
 impl Elem {
@@ -175,46 +188,20 @@ impl Engine {
         Ok(shard_range(buf.len(), self.world, self.rank))
     }
 
-    pub(crate) fn all_gather(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        let s = Schedule::all_gather(buf.len(), self.world, self.rank, self.chunk(Elem::F32));
-        self.run("all_gather", s, RawBuf::of(buf), Elem::F32)
+    pub(crate) fn all_gather<T: Element>(&mut self, buf: &mut [T]) -> Result<(), CollectiveError> {
+        let s = Schedule::all_gather(buf.len(), self.world, self.rank, self.chunk(T::ELEM));
+        self.run("all_gather", s, RawBuf::of(buf), T::ELEM)
     }
 
-    pub(crate) fn all_gather_bytes(&mut self, buf: &mut [u8]) -> Result<(), CollectiveError> {
-        let s = Schedule::all_gather(buf.len(), self.world, self.rank, self.chunk(Elem::Byte));
-        self.run("all_gather_bytes", s, RawBuf::of(buf), Elem::Byte)
-    }
-
-    pub(crate) fn broadcast(
+    pub(crate) fn broadcast<T: Element>(
         &mut self,
-        buf: &mut [f32],
+        buf: &mut [T],
         root: usize,
     ) -> Result<(), CollectiveError> {
         self.check_root(root)?;
-        let s = Schedule::broadcast(
-            buf.len(),
-            self.world,
-            self.rank,
-            root,
-            self.chunk(Elem::F32),
-        );
-        self.run("broadcast", s, RawBuf::of(buf), Elem::F32)
-    }
-
-    pub(crate) fn broadcast_bytes(
-        &mut self,
-        buf: &mut [u8],
-        root: usize,
-    ) -> Result<(), CollectiveError> {
-        self.check_root(root)?;
-        let s = Schedule::broadcast(
-            buf.len(),
-            self.world,
-            self.rank,
-            root,
-            self.chunk(Elem::Byte),
-        );
-        self.run("broadcast_bytes", s, RawBuf::of(buf), Elem::Byte)
+        let (len, chunk) = (buf.len(), self.chunk(T::ELEM));
+        let s = Schedule::broadcast(len, self.world, self.rank, root, chunk);
+        self.run("broadcast", s, RawBuf::of(buf), T::ELEM)
     }
 
     pub(crate) fn barrier(&mut self) -> Result<(), CollectiveError> {
