@@ -145,8 +145,31 @@ pub(crate) fn torch_peer_run(
         .context("the peer's JSON has no tokens_per_s")
 }
 
+/// The optimizer settings of the PyTorch peer (`torch_gpt_train.py`): AdamW with lr
+/// 3e-4, betas 0.9/0.95, weight decay 0.1, clipping at 1.0, no accumulation.
+pub(crate) const PEER_HYPER: StepHyper = StepHyper {
+    lr: 3e-4,
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+    grad_clip: 1.0,
+    grad_accum: 1,
+};
+
+/// One sequence of T+1 uniform random tokens from `rng`, written as inputs `x` and
+/// their next-token targets `y`.
+pub(crate) fn random_row(rng: &mut u64, vocab: u64, x: &mut [u32], y: &mut [u32]) {
+    let mut prev = (splitmix(rng) % vocab) as u32;
+    for (xi, yi) in x.iter_mut().zip(y.iter_mut()) {
+        let next = (splitmix(rng) % vocab) as u32;
+        (*xi, *yi) = (prev, next);
+        prev = next;
+    }
+}
+
 /// splitmix64: uniform random tokens without a dependency.
-pub(crate) fn splitmix(state: &mut u64) -> u64 {
+fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -180,15 +203,7 @@ fn measure(
     let mut compute = Replicas::new(config, b, t, threads)?;
     let mut state = TrainState::new(model.init_params(1337));
     let spans = model.layout.decay_spans();
-    let hp = StepHyper {
-        lr: 3e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        grad_accum: 1,
-    };
+    let hp = PEER_HYPER;
     let (mut tokens, mut targets) = (vec![0u32; b * t], vec![0u32; b * t]);
     let vocab = config.vocab_size as u64;
     let mut rng = 1337u64;
@@ -210,12 +225,7 @@ fn measure(
                 |_, x, y| {
                     // A row of T+1 random tokens per sequence, shifted by one for targets.
                     for (xs, ys) in x.chunks_mut(t).zip(y.chunks_mut(t)) {
-                        let mut prev = (splitmix(&mut rng) % vocab) as u32;
-                        for (xi, yi) in xs.iter_mut().zip(ys.iter_mut()) {
-                            let next = (splitmix(&mut rng) % vocab) as u32;
-                            (*xi, *yi) = (prev, next);
-                            prev = next;
-                        }
+                        random_row(&mut rng, vocab, xs, ys);
                     }
                     Ok(())
                 },

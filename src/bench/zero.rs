@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal_actors::{Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, zero_step};
+use shoal_actors::{Replicas, TrainState, ZeroShard, ZeroStage, buckets, zero_step};
 use shoal_collectives::{CommConfig, LocalHub};
 use shoal_models::{Gpt, GptConfig};
 
-use super::train::{PeerShape, splitmix, torch_peer_run};
+use super::train::{PEER_HYPER, PeerShape, random_row, torch_peer_run};
 
 /// Flags of `shoal bench zero`.
 #[derive(Args, Debug)]
@@ -96,15 +96,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
     let bucket_elems = ((a.bucket_mib * 1048576.0) / 4.0).max(1.0) as usize;
     let comms = LocalHub::new().group(world, CommConfig::default())?;
     let barrier = Barrier::new(world);
-    let hp = StepHyper {
-        lr: 3e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        grad_accum: 1,
-    };
+    let hp = PEER_HYPER;
     let vocab = config.vocab_size as u64;
     let global_batch = a.batch * world;
     let results: Vec<Result<Measured>> = thread::scope(|s| {
@@ -124,12 +116,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                     for i in 0..a.warmup + a.steps {
                         let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
                             let mut seed = index;
-                            let mut next = splitmix(&mut seed) % vocab;
-                            for (t, target) in x.iter_mut().zip(y.iter_mut()) {
-                                *t = next as u32;
-                                next = splitmix(&mut seed) % vocab;
-                                *target = next as u32;
-                            }
+                            random_row(&mut seed, vocab, x, y);
                             Ok(())
                         };
                         barrier.wait();
