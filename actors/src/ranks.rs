@@ -63,23 +63,36 @@ pub(crate) fn form_ranks(
     ctx: &StepContext,
     comms: Vec<Communicator>,
     stage: ZeroStage,
+    params: &[f32],
     adam_m: &[f32],
     adam_v: &[f32],
 ) -> Result<Vec<Rank>> {
     let ranks = comms.first().map_or(1, Communicator::world);
     let c = &ctx.config;
     let threads = (c.resolved_threads() / ranks).max(1);
-    let buckets = buckets(&ctx.model, BUCKET_BYTES / 4);
+    // Stage 3 gathers parameters part by part: one bucket per part.
+    let bucket_elems = if stage.shards_parameters() {
+        1
+    } else {
+        BUCKET_BYTES / 4
+    };
+    let buckets = buckets(&ctx.model, bucket_elems);
     comms
         .into_iter()
         .map(|comm| {
             let rank = comm.rank();
             let rows = shard_range(c.batch_size, ranks, rank).len();
+            let cfg = &ctx.model.config;
+            // Sharded gradients go through one model replica per rank.
+            let replicas = if stage.shards_gradients() { 1 } else { threads };
+            // At stages 2 and 3 a rank without rows computes on a placeholder row.
+            let rows = rows.max(usize::from(stage.shards_gradients()));
             let compute = (rows > 0)
-                .then(|| Replicas::new(&ctx.model.config, rows, c.seq_len, threads))
+                .then(|| Replicas::with_replicas(cfg, rows, c.seq_len, threads, replicas))
                 .transpose()?;
             let mut shard = ZeroShard::new(stage, buckets.clone(), rank, ranks);
             shard.load_moments(adam_m, adam_v);
+            shard.load_params(params);
             Ok(Rank {
                 comm,
                 shard,
@@ -87,6 +100,14 @@ pub(crate) fn form_ranks(
             })
         })
         .collect()
+}
+
+/// Whether the trainer evaluates or writes a checkpoint after `step`, so that a
+/// stage-3 rank must gather the full parameters (every rank decides alike).
+fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
+    let last = step == c.max_steps;
+    let every = |k: u64| k > 0 && step.is_multiple_of(k);
+    (c.eval_every > 0 && (every(c.eval_every) || last)) || every(c.checkpoint_every) || last
 }
 
 impl Rank {
@@ -112,6 +133,9 @@ impl Rank {
             ctx.mixture.sample(seed, index, t, x, y)?;
             Ok(())
         };
+        // What the stage keeps sharded is dropped from the whole-layout state (the
+        // parameters gathered for the last evaluation or checkpoint, at stage 3).
+        self.shard.trim(state);
         let out = zero_step(
             &mut self.comm,
             &ctx.model,
@@ -123,6 +147,10 @@ impl Rank {
             c.batch_size,
             fill,
         )?;
+        if needs_params_after(c, state.step) {
+            let n = ctx.model.num_params();
+            self.shard.materialize_params(&mut self.comm, state, n)?;
+        }
         Ok((out, lr))
     }
 

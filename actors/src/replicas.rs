@@ -12,7 +12,7 @@
 //! given thread count (the summation order depends only on P).
 
 use rayon::prelude::*;
-use shoal_models::{Activations, Gpt, GptConfig};
+use shoal_models::{Activations, Gpt, GptConfig, GradSink, ParamSource};
 
 use crate::error::{Result, TrainError};
 
@@ -51,9 +51,21 @@ fn build_pool(threads: usize, name: &'static str) -> Result<rayon::ThreadPool> {
 impl Replicas {
     /// Compute for micro-batches of `batch` sequences of `seq_len` tokens on `threads` threads.
     pub fn new(config: &GptConfig, batch: usize, seq_len: usize, threads: usize) -> Result<Self> {
+        Self::with_replicas(config, batch, seq_len, threads, threads)
+    }
+
+    /// [`Replicas::new`] with at most `most` replicas: `1` runs one replica with every
+    /// kernel multithreaded (what sharded gradients need).
+    pub fn with_replicas(
+        config: &GptConfig,
+        batch: usize,
+        seq_len: usize,
+        threads: usize,
+        most: usize,
+    ) -> Result<Self> {
         let threads = threads.max(1);
         let pool = build_pool(threads, "shoal-compute")?;
-        let replicas = if threads > 1 && batch.is_multiple_of(threads) {
+        let replicas = if threads > 1 && most >= threads && batch.is_multiple_of(threads) {
             let slice = batch / threads;
             let n = shoal_models::ParamLayout::new(config).len();
             (0..threads)
@@ -78,6 +90,14 @@ impl Replicas {
             batch,
             seq_len,
         })
+    }
+
+    /// Bytes of the replicas' activations and private gradient buffers.
+    pub fn activation_bytes(&self) -> usize {
+        self.replicas
+            .iter()
+            .map(|r| r.acts.bytes() + 4 * r.grads.len())
+            .sum()
     }
 
     /// Number of compute threads.
@@ -198,6 +218,35 @@ impl Replicas {
                 .forward(params, acts, tokens, Some(targets))?
                 .unwrap_or(f32::NAN);
             model.backward_hooked(params, acts, grads, loss_scale, done)?;
+            Ok(loss)
+        })
+    }
+
+    /// Forward and backward of one micro-batch on a single replica, with parameters
+    /// from `src` and gradients into `sink` part by part (see
+    /// [`shoal_models::ParamSource`]): how ZeRO stages 2 and 3 run the model.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_parts(
+        &mut self,
+        model: &Gpt,
+        src: &mut (dyn ParamSource + Send),
+        sink: &mut (dyn GradSink + Send),
+        tokens: &[u32],
+        targets: &[u32],
+        loss_scale: f32,
+    ) -> Result<f32> {
+        if self.replicas.len() != 1 {
+            return Err(TrainError::InvalidConfig {
+                field: "threads",
+                reason: "sharded gradients need one model replica per rank".into(),
+            });
+        }
+        let acts = &mut self.replicas[0].acts;
+        self.pool.install(|| -> Result<f32> {
+            let loss = model
+                .forward_parts(src, acts, tokens, Some(targets))?
+                .unwrap_or(f32::NAN);
+            model.backward_parts(src, acts, sink, loss_scale)?;
             Ok(loss)
         })
     }

@@ -456,7 +456,7 @@ impl Trainer {
         let ctx = self.step_context();
         let adam_m = std::mem::take(&mut self.state.adam_m);
         let adam_v = std::mem::take(&mut self.state.adam_v);
-        let mut ranks = form_ranks(&ctx, vec![comm], stage, &adam_m, &adam_v)?;
+        let mut ranks = form_ranks(&ctx, vec![comm], stage, &self.state.params, &adam_m, &adam_v)?;
         drop((adam_m, adam_v));
         let rank = ranks.remove(0);
         let state = std::mem::replace(&mut self.state, TrainState::without_moments(Vec::new()));
@@ -483,7 +483,7 @@ impl Trainer {
         // The moments move into the ranks' shards (each keeps its pieces).
         let adam_m = std::mem::take(&mut self.state.adam_m);
         let adam_v = std::mem::take(&mut self.state.adam_v);
-        let mut ranks = form_ranks(&ctx, comms, stage, &adam_m, &adam_v)?;
+        let mut ranks = form_ranks(&ctx, comms, stage, &self.state.params, &adam_m, &adam_v)?;
         drop((adam_m, adam_v));
         let leader = RefCell::new(ranks.remove(0));
         let steps = self.state.step..self.config.max_steps;

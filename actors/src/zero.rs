@@ -1,41 +1,47 @@
 //! ZeRO data parallelism over the ring collectives: one rank's share of a training
-//! step, for stages 0, 1 and 2 (Rajbhandari et al. 2020).
+//! step, for stages 0 to 3 (Rajbhandari et al. 2020).
 //!
-//! Every rank holds the full parameters and computes on its rows of every
-//! micro-batch (`shard_range(B, W, rank)` of the B rows, so any batch works on any
-//! world size); the global batch, the data order (global sample index
-//! `step·B·A + micro·B + row`) and the loss are those of the single-rank trainer.
+//! Every rank computes on its rows of every micro-batch (`shard_range(B, W, rank)` of
+//! the B rows, so any batch works on any world size); the global batch, the data
+//! order (global sample index `step·B·A + micro·B + row`) and the loss are those of
+//! the single-rank trainer.
 //!
-//! Gradients are reduced in buckets: contiguous ranges of the flat buffer cut at
-//! the model's backward boundaries ([`buckets`]). On the last micro-batch each
-//! bucket's reduction starts as soon as backward has finished it, while backward
-//! goes on with the layers below. Each bucket is split over the ranks with
-//! `shard_range`; a rank's *pieces* (one per bucket) are what it owns at stages ≥ 1.
-//! - stage 0 (DDP): buckets all-reduced; every rank updates everything;
-//! - stage 1: buckets all-reduced; AdamW moments only for the rank's pieces; each
-//!   rank updates its pieces, then every bucket's parameters are all-gathered;
-//! - stage 2: buckets reduce-scattered, so a rank only receives its pieces summed.
+//! Gradients are reduced in buckets: contiguous ranges of the flat buffer cut at the
+//! model's parts (embeddings, blocks, final layer norm; [`buckets`]). Each bucket's
+//! reduction starts as soon as backward has finished it, while backward goes on with
+//! the layers below. Each bucket is split over the ranks with `shard_range`; a rank's
+//! *pieces* (one per bucket) are what it owns at stages ≥ 1.
+//! - stage 0 (DDP): buckets all-reduced on the last micro-batch; every rank updates
+//!   everything;
+//! - stage 1: the same reduction; AdamW moments only for the rank's pieces; each rank
+//!   updates its pieces, then every bucket's parameters are all-gathered;
+//! - stage 2: buckets reduce-scattered on every micro-batch, so a rank holds only its
+//!   pieces' gradients (plus the buckets in flight);
+//! - stage 3: parameters sharded too: each part is all-gathered just before forward
+//!   or backward uses it and freed after, the next part's gather started early; each
+//!   bucket is one part. No parameter all-gather after the step.
 //!
-//! Clipping uses the global gradient norm (at stage 2 one scalar all-reduce, which
-//! also carries the loss).
-//!
-//! Not yet here (issue #4 goes on): the gradient buffer is still full size at
-//! stage 2 (backward writes the whole layout), stage 3, the actors that own these
-//! pieces, and multi-process runs from the CLI.
+//! Clipping uses the global gradient norm (one scalar all-reduce, which also carries
+//! the loss). At stages 2 and 3 a rank with no rows of the batch (`B < W`) runs the
+//! model on a placeholder row weighted zero, which keeps its gathers and reductions
+//! in step with the others'.
 
 use std::ops::Range;
-use std::time::Instant;
 
-use shoal_collectives::{Communicator, Pending, ReduceOp, shard_range};
+use shoal_collectives::Communicator;
 use shoal_kernels::DecaySpan;
 use shoal_models::Gpt;
 
 use crate::error::{Result, TrainError};
-use crate::replicas::Replicas;
-use crate::step::{StepHyper, TrainState};
+use crate::step::TrainState;
+
+mod parts;
+mod step;
+
+pub use step::zero_step;
 
 /// How much of the training state each rank keeps whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ZeroStage {
     /// Everything replicated; gradients all-reduced (DDP).
     Replicated,
@@ -43,6 +49,8 @@ pub enum ZeroStage {
     OptimizerSharded,
     /// Optimizer moments and the reduced gradients sharded.
     GradientsSharded,
+    /// Parameters, gradients and optimizer moments sharded.
+    ParametersSharded,
 }
 
 impl ZeroStage {
@@ -52,20 +60,28 @@ impl ZeroStage {
             0 => Ok(Self::Replicated),
             1 => Ok(Self::OptimizerSharded),
             2 => Ok(Self::GradientsSharded),
-            3 => Err(TrainError::InvalidConfig {
-                field: "zero",
-                reason: "stage 3 (sharded parameters) is not implemented yet".into(),
-            }),
+            3 => Ok(Self::ParametersSharded),
             other => Err(TrainError::InvalidConfig {
                 field: "zero",
                 reason: format!("{other} is not a ZeRO stage (0, 1, 2 or 3)"),
             }),
         }
     }
+
+    /// Whether each rank keeps only its pieces of the gradients.
+    pub fn shards_gradients(self) -> bool {
+        self >= Self::GradientsSharded
+    }
+
+    /// Whether each rank keeps only its pieces of the parameters.
+    pub fn shards_parameters(self) -> bool {
+        self == Self::ParametersSharded
+    }
 }
 
-/// Gradient buckets of `model`: its backward ranges (last layer first) merged into
-/// runs of at least `bucket_elems` elements (the last bucket may be shorter).
+/// Gradient buckets of `model`: its parts in backward order (last layer first)
+/// merged into runs of at least `bucket_elems` elements (the last bucket may be
+/// shorter). `bucket_elems` ≤ 1 gives one bucket per part, which stage 3 needs.
 pub fn buckets(model: &Gpt, bucket_elems: usize) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut open: Option<Range<usize>> = None;
@@ -88,18 +104,21 @@ pub fn buckets(model: &Gpt, bucket_elems: usize) -> Vec<Range<usize>> {
 /// Bytes one rank holds for each part of the training state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryReport {
-    /// Parameters.
+    /// Parameters (kept between steps).
     pub params: usize,
-    /// Gradients.
+    /// Gradients (kept between steps).
     pub grads: usize,
     /// AdamW moments.
     pub optimizer: usize,
+    /// Communication buffers: the most held at once during the last step (gradient
+    /// buckets staged or in flight, gathered parameter parts).
+    pub buffers: usize,
 }
 
-/// What one rank owns of the optimizer under a ZeRO stage: the gradient buckets,
-/// its piece of each, and the AdamW moments of those pieces. Parameters and the
-/// gradient buffer stay in the rank's [`TrainState`] (whose own moment buffers are
-/// left empty).
+/// What one rank owns of the optimizer under a ZeRO stage: the gradient buckets, its
+/// piece of each, and the AdamW moments of those pieces; at stage ≥ 2 the pieces'
+/// gradients and at stage 3 their parameters. What the rank holds whole stays in its
+/// [`TrainState`] (see [`ZeroShard::trim`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZeroShard {
     /// The stage.
@@ -113,58 +132,89 @@ pub struct ZeroShard {
     pub adam_m: Vec<f32>,
     /// AdamW second moments of the pieces.
     pub adam_v: Vec<f32>,
+    /// Gradients of the pieces (stages 2 and 3), one after the other.
+    pub grads: Vec<f32>,
+    /// Parameters of the pieces (stage 3), one after the other.
+    pub params: Vec<f32>,
+    /// Elements of communication buffers held at once during the last step.
+    pub peak_buffer_elems: usize,
 }
 
 impl ZeroShard {
-    /// Zero moments for rank `rank` of `world`.
+    /// Zero moments (and gradients, and parameters) for rank `rank` of `world`.
     pub fn new(stage: ZeroStage, buckets: Vec<Range<usize>>, rank: usize, world: usize) -> Self {
         let pieces: Vec<Range<usize>> = buckets
             .iter()
             .map(|b| match stage {
                 ZeroStage::Replicated => b.clone(),
-                _ => {
-                    let p = shard_range(b.len(), world, rank);
-                    b.start + p.start..b.start + p.end
-                }
+                _ => parts::piece_of(b, world, rank),
             })
             .collect();
         let owned: usize = pieces.iter().map(Range::len).sum();
+        let only = |yes: bool| vec![0.0; if yes { owned } else { 0 }];
         Self {
             stage,
             buckets,
             pieces,
             adam_m: vec![0.0; owned],
             adam_v: vec![0.0; owned],
+            grads: only(stage.shards_gradients()),
+            params: only(stage.shards_parameters()),
+            peak_buffer_elems: 0,
+        }
+    }
+
+    /// Copies this rank's pieces of the full-layout buffers `full` into the
+    /// concatenated buffers `own`.
+    fn take_pieces(&self, own: &mut [&mut Vec<f32>], full: &[&[f32]]) {
+        let mut at = 0;
+        for piece in &self.pieces {
+            for (o, f) in own.iter_mut().zip(full) {
+                o[at..at + piece.len()].copy_from_slice(&f[piece.clone()]);
+            }
+            at += piece.len();
         }
     }
 
     /// Takes this rank's pieces of full-layout moments (from a checkpoint written at
     /// any world size).
     pub fn load_moments(&mut self, full_m: &[f32], full_v: &[f32]) {
-        let mut at = 0;
-        for piece in &self.pieces {
-            let own = at..at + piece.len();
-            self.adam_m[own.clone()].copy_from_slice(&full_m[piece.clone()]);
-            self.adam_v[own].copy_from_slice(&full_v[piece.clone()]);
-            at += piece.len();
+        let (mut m, mut v) = (
+            std::mem::take(&mut self.adam_m),
+            std::mem::take(&mut self.adam_v),
+        );
+        self.take_pieces(&mut [&mut m, &mut v], &[full_m, full_v]);
+        (self.adam_m, self.adam_v) = (m, v);
+    }
+
+    /// At stage 3, takes this rank's pieces of the full-layout parameters.
+    pub fn load_params(&mut self, full: &[f32]) {
+        if self.stage.shards_parameters() {
+            let mut p = std::mem::take(&mut self.params);
+            self.take_pieces(&mut [&mut p], &[full]);
+            self.params = p;
         }
     }
 
-    /// The full-layout moments, gathered from every rank (a collective: every rank
-    /// calls it at the same point).
-    pub fn gather_moments(
-        &self,
-        comm: &mut Communicator,
-        len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut full = [vec![0.0f32; len], vec![0.0f32; len]];
-        for (own, out) in [&self.adam_m, &self.adam_v]
-            .into_iter()
-            .zip(full.iter_mut())
-        {
+    /// Empties the buffers of `state` that this stage keeps in the shard instead: the
+    /// gradients at stage ≥ 2, the parameters at stage 3.
+    pub fn trim(&self, state: &mut TrainState) {
+        if self.stage.shards_gradients() {
+            state.grads = Vec::new();
+        }
+        if self.stage.shards_parameters() {
+            state.params = Vec::new();
+        }
+    }
+
+    /// Full-layout buffers of `len` elements from the concatenated pieces `own`,
+    /// gathered from every rank unless the stage keeps everything whole.
+    fn gather(&self, comm: &mut Communicator, own: &[&[f32]], len: usize) -> Result<Vec<Vec<f32>>> {
+        let mut full = vec![vec![0.0f32; len]; own.len()];
+        for (o, out) in own.iter().zip(full.iter_mut()) {
             let mut at = 0;
             for piece in &self.pieces {
-                out[piece.clone()].copy_from_slice(&own[at..at + piece.len()]);
+                out[piece.clone()].copy_from_slice(&o[at..at + piece.len()]);
                 at += piece.len();
             }
             if self.stage != ZeroStage::Replicated {
@@ -173,41 +223,68 @@ impl ZeroShard {
                 }
             }
         }
-        let [m, v] = full;
+        Ok(full)
+    }
+
+    /// The full-layout AdamW moments, gathered from every rank (a collective: every
+    /// rank calls it at the same point).
+    pub fn gather_moments(
+        &self,
+        comm: &mut Communicator,
+        len: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut full = self.gather(comm, &[&self.adam_m, &self.adam_v], len)?;
+        let v = full.pop().unwrap_or_default();
+        let m = full.pop().unwrap_or_default();
         Ok((m, v))
     }
 
-    /// Bytes held for parameters, gradients and moments with `state`.
+    /// At stage 3, gathers the full parameters of `len` elements into `state.params`
+    /// (a collective, for evaluation and checkpoints); a no-op otherwise.
+    pub fn materialize_params(
+        &self,
+        comm: &mut Communicator,
+        state: &mut TrainState,
+        len: usize,
+    ) -> Result<()> {
+        if self.stage.shards_parameters() {
+            state.params = self.gather(comm, &[&self.params], len)?.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Bytes held for parameters, gradients and moments with `state`, and the
+    /// communication buffers of the last step.
     pub fn memory(&self, state: &TrainState) -> MemoryReport {
         let f = std::mem::size_of::<f32>();
         MemoryReport {
-            params: state.params.len() * f,
-            grads: state.grads.len() * f,
+            params: (state.params.len() + self.params.len()) * f,
+            grads: (state.grads.len() + self.grads.len()) * f,
             optimizer: (self.adam_m.len() + self.adam_v.len()) * f,
+            buffers: self.peak_buffer_elems * f,
         }
     }
 }
 
 impl MemoryReport {
-    /// What one rank of `world` holds for `psi` fp32 parameters at `stage` (up to the
-    /// one-element differences between ranks' pieces): parameters and the gradient
-    /// buffer whole, AdamW moments for the rank's share.
+    /// ZeRO's accounting for one rank of `world` with `psi` fp32 parameters at
+    /// `stage` (up to the one-element differences between ranks' pieces): 16Ψ at
+    /// stage 0, 8Ψ + 8Ψ/W at 1, 4Ψ + 12Ψ/W at 2, 16Ψ/W at 3; no buffers.
     pub fn per_rank(stage: ZeroStage, psi: usize, world: usize) -> Self {
         let f = std::mem::size_of::<f32>();
-        let moments = match stage {
-            ZeroStage::Replicated => 2 * psi,
-            _ => 2 * psi.div_ceil(world.max(1)),
-        };
+        let share = psi.div_ceil(world.max(1));
+        let whole_or_share = |sharded: bool| if sharded { share } else { psi };
         Self {
-            params: psi * f,
-            grads: psi * f,
-            optimizer: moments * f,
+            params: whole_or_share(stage.shards_parameters()) * f,
+            grads: whole_or_share(stage.shards_gradients()) * f,
+            optimizer: 2 * whole_or_share(stage != ZeroStage::Replicated) * f,
+            buffers: 0,
         }
     }
 
-    /// Total bytes.
+    /// Total bytes of the state, buffers included.
     pub fn total(&self) -> usize {
-        self.params + self.grads + self.optimizer
+        self.params + self.grads + self.optimizer + self.buffers
     }
 }
 
@@ -218,8 +295,8 @@ pub struct ZeroOutcome {
     pub loss: f32,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
-    /// Time spent waiting for gradient reductions after backward: the part of the
-    /// communication that was not hidden behind it.
+    /// Time spent waiting for collectives during forward and backward and for the
+    /// gradient reductions after them: the communication not hidden behind compute.
     pub exposed_comm_seconds: f64,
     /// Seconds from the end of the reductions to the end of the step: norm,
     /// clipping, AdamW and the parameter all-gather.
@@ -239,190 +316,4 @@ pub fn spans_within(spans: &[DecaySpan], range: &Range<usize>) -> Vec<DecaySpan>
             })
         })
         .collect()
-}
-
-/// Launches bucket reductions as backward finishes them, and collects them.
-struct Reducer<'a> {
-    comm: &'a mut Communicator,
-    state_stage: ZeroStage,
-    buckets: &'a [Range<usize>],
-    /// Staging buffer of the bucket being filled and the next bucket to launch.
-    staging: Vec<f32>,
-    next: usize,
-    pending: Vec<Pending<Vec<f32>>>,
-}
-
-impl Reducer<'_> {
-    /// Backward finished `range` (ranges arrive last to first): stage it, and launch
-    /// the current bucket once its first element is final.
-    fn ready(&mut self, range: Range<usize>, grads: &[f32]) {
-        let Some(bucket) = self.buckets.get(self.next) else {
-            return;
-        };
-        if self.staging.len() != bucket.len() {
-            self.staging = vec![0.0; bucket.len()];
-        }
-        let at = range.start - bucket.start;
-        self.staging[at..at + grads.len()].copy_from_slice(grads);
-        if range.start == bucket.start {
-            let buf = std::mem::take(&mut self.staging);
-            self.launch(buf);
-        }
-    }
-
-    fn launch(&mut self, buf: Vec<f32>) {
-        let pending = match self.state_stage {
-            ZeroStage::GradientsSharded => self.comm.reduce_scatter_async(buf, ReduceOp::Sum),
-            _ => self.comm.all_reduce_async(buf, ReduceOp::Sum),
-        };
-        self.pending.push(pending);
-        self.next += 1;
-    }
-
-    /// Launches the buckets backward did not report (all of them when this rank had
-    /// no rows or several replicas), then waits for every reduction in order and
-    /// writes the reduced values back: whole buckets, or this rank's pieces.
-    fn finish(mut self, grads: &mut [f32], pieces: &[Range<usize>]) -> Result<()> {
-        while let Some(bucket) = self.buckets.get(self.next) {
-            let buf = grads[bucket.clone()].to_vec();
-            self.launch(buf);
-        }
-        for (i, pending) in self.pending.into_iter().enumerate() {
-            let reduced = pending.wait()?;
-            let bucket = &self.buckets[i];
-            // An all-reduce brings the whole bucket; a reduce-scatter only the piece.
-            let keep = match self.state_stage {
-                ZeroStage::GradientsSharded => pieces[i].clone(),
-                _ => bucket.clone(),
-            };
-            let at = keep.start - bucket.start;
-            grads[keep.clone()].copy_from_slice(&reduced[at..at + keep.len()]);
-        }
-        Ok(())
-    }
-}
-
-/// Runs one step on rank `comm.rank()`. `compute` is sized for this rank's rows
-/// (`shard_range(batch, world, rank)`, possibly none); `fill(index, tokens, targets)`
-/// writes the `[T]` row of global sample `index`.
-#[allow(clippy::too_many_arguments)]
-pub fn zero_step(
-    comm: &mut Communicator,
-    model: &Gpt,
-    state: &mut TrainState,
-    shard: &mut ZeroShard,
-    compute: Option<&mut Replicas>,
-    spans: &[DecaySpan],
-    hp: &StepHyper,
-    batch: usize,
-    mut fill: impl FnMut(u64, &mut [u32], &mut [u32]) -> Result<()>,
-) -> Result<ZeroOutcome> {
-    let accum = hp.grad_accum.max(1);
-    let rows = shard_range(batch, comm.world(), comm.rank());
-    state.grads.fill(0.0);
-    let mut loss_sum = 0.0f64;
-    let mut reducer = Reducer {
-        comm,
-        state_stage: shard.stage,
-        buckets: &shard.buckets,
-        staging: Vec::new(),
-        next: 0,
-        pending: Vec::new(),
-    };
-    if let Some(compute) = compute {
-        let t = compute.seq_len();
-        let mut tokens = vec![0u32; rows.len() * t];
-        let mut targets = vec![0u32; rows.len() * t];
-        // This rank's share of the global mean loss.
-        let weight = rows.len() as f32 / batch as f32;
-        let scale = weight / accum as f32;
-        for micro in 0..accum {
-            let first = state.step * (batch * accum) as u64 + (micro * batch) as u64;
-            for (i, (x, y)) in tokens.chunks_mut(t).zip(targets.chunks_mut(t)).enumerate() {
-                fill(first + (rows.start + i) as u64, x, y)?;
-            }
-            let (params, grads) = (&state.params, &mut state.grads);
-            let loss = if micro + 1 == accum && compute.replicas() == 1 {
-                let mut hook = |range: Range<usize>, g: &[f32]| reducer.ready(range, g);
-                compute.forward_backward_hooked(
-                    model, params, grads, &tokens, &targets, scale, &mut hook,
-                )?
-            } else {
-                compute.forward_backward(model, params, grads, &tokens, &targets, scale)?
-            };
-            if !loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    step: state.step + 1,
-                    loss,
-                });
-            }
-            loss_sum += f64::from(loss * weight);
-        }
-        compute.reduce_into(&mut state.grads);
-    }
-    let waiting = Instant::now();
-    reducer.finish(&mut state.grads, &shard.pieces)?;
-    let exposed = waiting.elapsed();
-    let optimizer_start = Instant::now();
-    let grad_norm = global_norm_and_loss(comm, state, shard, &mut loss_sum)?;
-    if hp.grad_clip > 0.0 {
-        let coef = shoal_kernels::clip_coefficient(grad_norm, hp.grad_clip);
-        if coef < 1.0 {
-            for piece in &shard.pieces {
-                shoal_kernels::scale_inplace(&mut state.grads[piece.clone()], coef);
-            }
-        }
-    }
-    state.step += 1;
-    let mut at = 0;
-    for piece in &shard.pieces {
-        let moments = at..at + piece.len();
-        shoal_kernels::adamw_update(
-            &mut state.params[piece.clone()],
-            &state.grads[piece.clone()],
-            &mut shard.adam_m[moments.clone()],
-            &mut shard.adam_v[moments],
-            &hp.adamw(),
-            state.step,
-            &spans_within(spans, piece),
-        );
-        at += piece.len();
-    }
-    if shard.stage != ZeroStage::Replicated {
-        for bucket in &shard.buckets {
-            comm.all_gather(&mut state.params[bucket.clone()])?;
-        }
-    }
-    Ok(ZeroOutcome {
-        loss: loss_sum as f32 / accum as f32,
-        grad_norm,
-        exposed_comm_seconds: exposed.as_secs_f64(),
-        optimizer_seconds: optimizer_start.elapsed().as_secs_f64(),
-    })
-}
-
-/// The global gradient norm (every rank gets the same value), and the global loss sum
-/// in `loss_sum`.
-fn global_norm_and_loss(
-    comm: &mut Communicator,
-    state: &TrainState,
-    shard: &ZeroShard,
-    loss_sum: &mut f64,
-) -> Result<f32> {
-    let mut scalars = [*loss_sum as f32, 0.0];
-    let norm = if shard.stage == ZeroStage::GradientsSharded {
-        // Only the own pieces are reduced here: sum their squares over all ranks.
-        scalars[1] = shard
-            .pieces
-            .iter()
-            .map(|p| shoal_kernels::sum_of_squares(&state.grads[p.clone()]))
-            .sum::<f64>() as f32;
-        comm.all_reduce(&mut scalars, ReduceOp::Sum)?;
-        scalars[1].sqrt()
-    } else {
-        comm.all_reduce(&mut scalars[..1], ReduceOp::Sum)?;
-        shoal_kernels::sum_of_squares(&state.grads).sqrt() as f32
-    };
-    *loss_sum = f64::from(scalars[0]);
-    Ok(norm)
 }

@@ -44,6 +44,10 @@ pub enum ModelError {
         /// The model's maximum.
         n_positions: usize,
     },
+    /// A parameter source or gradient sink failed (for example a collective of a
+    /// ZeRO stage-3 rank).
+    #[error("parameter source or gradient sink failed: {0}")]
+    Parts(Box<dyn std::error::Error + Send + Sync>),
     /// `backward` was called without a forward pass with targets before it.
     #[error("backward needs a forward pass with targets first")]
     NoForward,

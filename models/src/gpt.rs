@@ -13,6 +13,7 @@ use shoal_kernels::{
     matmul_forward,
 };
 
+use crate::parts::{GradSink, ParamSource, Part, Whole, WholeGrads, check_len, within};
 use crate::{GptConfig, ModelError, ParamLayout};
 
 /// Ranges of one block's tensors in the flat buffer.
@@ -39,11 +40,11 @@ pub struct Gpt {
     pub config: GptConfig,
     /// Where every tensor lives in the flat buffer.
     pub layout: ParamLayout,
-    wte: Range<usize>,
-    wpe: Range<usize>,
+    pub(crate) wte: Range<usize>,
+    pub(crate) wpe: Range<usize>,
     blocks: Vec<BlockRanges>,
-    lnf_w: Range<usize>,
-    lnf_b: Range<usize>,
+    pub(crate) lnf_w: Range<usize>,
+    pub(crate) lnf_b: Range<usize>,
 }
 
 /// One block's activations, kept from forward for backward.
@@ -257,20 +258,8 @@ impl Gpt {
         self.layout.len()
     }
 
-    fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), ModelError> {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(ModelError::Shape {
-                what,
-                expected,
-                got,
-            })
-        }
-    }
-
     fn check_tokens(&self, what: &'static str, ids: &[u32], n: usize) -> Result<(), ModelError> {
-        Self::check_len(what, n, ids.len())?;
+        check_len(what, n, ids.len())?;
         let vocab_size = self.config.vocab_size;
         match ids.iter().position(|&x| x as usize >= vocab_size) {
             Some(index) => Err(ModelError::TokenOutOfRange {
@@ -291,10 +280,22 @@ impl Gpt {
         tokens: &[u32],
         targets: Option<&[u32]>,
     ) -> Result<Option<f32>, ModelError> {
+        self.forward_parts(&mut Whole::new(self, params)?, acts, tokens, targets)
+    }
+
+    /// [`Gpt::forward`] with parameters fetched part by part from `src` (see
+    /// [`ParamSource`] for the order). With targets, `Embeddings` and `Final` stay
+    /// fetched for the backward pass that follows.
+    pub fn forward_parts(
+        &self,
+        src: &mut dyn ParamSource,
+        acts: &mut Activations,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+    ) -> Result<Option<f32>, ModelError> {
         let cfg = &self.config;
         let (b, t) = (acts.b, acts.t);
         let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
-        Self::check_len("params", self.layout.len(), params.len())?;
         if acts.blocks.len() != cfg.n_layer || acts.lnf.len() != n * c || acts.logits.len() != n * v
         {
             return Err(ModelError::InvalidConfig(
@@ -307,18 +308,29 @@ impl Gpt {
         }
         acts.ready_for_backward = false;
         acts.tokens.copy_from_slice(tokens);
-        let p = |r: &Range<usize>| &params[r.clone()];
-
-        embedding_forward(
-            &mut acts.encoded,
-            tokens,
-            p(&self.wte),
-            p(&self.wpe),
-            b,
-            t,
-            c,
-        );
+        let first = if cfg.n_layer > 0 {
+            Part::Block(0)
+        } else {
+            Part::Final
+        };
+        src.fetch(Part::Embeddings, Some(first))?;
+        {
+            let e = src.get(Part::Embeddings);
+            let wte = &e[within(&self.wte, self.wte.start)];
+            let wpe = &e[within(&self.wpe, self.wte.start)];
+            embedding_forward(&mut acts.encoded, tokens, wte, wpe, b, t, c);
+        }
+        src.release(Part::Embeddings);
         for (l, w) in self.blocks.iter().enumerate() {
+            let part = Part::Block(l);
+            let next = if l + 1 < cfg.n_layer {
+                Part::Block(l + 1)
+            } else {
+                Part::Final
+            };
+            src.fetch(part, Some(next))?;
+            let (buf, base) = (src.get(part), self.part_range(part).start);
+            let p = |r: &Range<usize>| &buf[within(r, base)];
             let (before, rest) = acts.blocks.split_at_mut(l);
             let a = &mut rest[0];
             let residual: &[f32] = match before.last() {
@@ -391,34 +403,43 @@ impl Gpt {
                 WeightLayout::InOut,
             );
             add_inplace(&mut a.residual3, &a.residual2);
+            src.release(part);
         }
         let last: &[f32] = match acts.blocks.last() {
             Some(a) => &a.residual3,
             None => &acts.encoded,
         };
-        layernorm_forward(
-            &mut acts.lnf,
-            &mut acts.lnf_mean,
-            &mut acts.lnf_rstd,
-            last,
-            p(&self.lnf_w),
-            p(&self.lnf_b),
-            n,
-            c,
-            cfg.layer_norm_eps,
-        );
-        // Tied LM head: logits = lnf · wteᵀ, wte is [V, C].
-        matmul_forward(
-            &mut acts.logits,
-            &acts.lnf,
-            p(&self.wte),
-            None,
-            n,
-            c,
-            v,
-            WeightLayout::OutIn,
-        );
+        src.fetch(Part::Final, Some(Part::Embeddings))?;
+        src.fetch(Part::Embeddings, None)?;
+        {
+            let f = src.get(Part::Final);
+            layernorm_forward(
+                &mut acts.lnf,
+                &mut acts.lnf_mean,
+                &mut acts.lnf_rstd,
+                last,
+                &f[within(&self.lnf_w, self.lnf_w.start)],
+                &f[within(&self.lnf_b, self.lnf_w.start)],
+                n,
+                c,
+                cfg.layer_norm_eps,
+            );
+            // Tied LM head: logits = lnf · wteᵀ, wte is [V, C].
+            let e = src.get(Part::Embeddings);
+            matmul_forward(
+                &mut acts.logits,
+                &acts.lnf,
+                &e[within(&self.wte, self.wte.start)],
+                None,
+                n,
+                c,
+                v,
+                WeightLayout::OutIn,
+            );
+        }
         let Some(targets) = targets else {
+            src.release(Part::Final);
+            src.release(Part::Embeddings);
             return Ok(None);
         };
         acts.targets.copy_from_slice(targets);
@@ -455,16 +476,27 @@ impl Gpt {
         loss_scale: f32,
         done: &mut dyn FnMut(Range<usize>, &[f32]),
     ) -> Result<(), ModelError> {
+        let mut src = Whole::new(self, params)?;
+        let mut sink = WholeGrads::new(self, grads, done)?;
+        self.backward_parts(&mut src, acts, &mut sink, loss_scale)
+    }
+
+    /// [`Gpt::backward`] with parameters from `src` and gradients into `sink`, part by
+    /// part (see [`ParamSource`] and [`GradSink`] for the order).
+    pub fn backward_parts(
+        &self,
+        src: &mut dyn ParamSource,
+        acts: &mut Activations,
+        sink: &mut dyn GradSink,
+        loss_scale: f32,
+    ) -> Result<(), ModelError> {
         if !acts.ready_for_backward {
             return Err(ModelError::NoForward);
         }
-        Self::check_len("params", self.layout.len(), params.len())?;
-        Self::check_len("grads", self.layout.len(), grads.len())?;
         acts.ready_for_backward = false;
         let cfg = &self.config;
         let (b, t) = (acts.b, acts.t);
         let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
-        let p = |r: &Range<usize>| &params[r.clone()];
 
         let Activations {
             tokens,
@@ -485,54 +517,71 @@ impl Gpt {
 
         crossentropy_backward_inplace(logits, lse, targets, loss_scale / n as f32, n, v);
         let dlogits: &[f32] = logits;
+        src.fetch(Part::Embeddings, Some(Part::Final))?;
+        let (ebase, fbase) = (self.wte.start, self.lnf_w.start);
         matmul_backward(
             Some(&mut s.dln),
-            &mut grads[self.wte.clone()],
+            &mut sink.grads(Part::Embeddings)?[within(&self.wte, ebase)],
             None,
             dlogits,
             lnf,
-            p(&self.wte),
+            &src.get(Part::Embeddings)[within(&self.wte, ebase)],
             n,
             c,
             v,
             WeightLayout::OutIn,
         );
+        src.release(Part::Embeddings);
         let last: &[f32] = match blocks.last() {
             Some(a) => &a.residual3,
             None => encoded,
         };
+        let after_final = if cfg.n_layer > 0 {
+            Some(Part::Block(cfg.n_layer - 1))
+        } else {
+            None
+        };
+        src.fetch(Part::Final, after_final)?;
         {
-            let (dw, db) = split_two(grads, &self.lnf_w, &self.lnf_b);
+            let g = sink.grads(Part::Final)?;
+            let (dw, db) = split_two(g, &within(&self.lnf_w, fbase), &within(&self.lnf_b, fbase));
             layernorm_backward(
                 &mut s.dresidual,
                 dw,
                 db,
                 &s.dln,
                 last,
-                p(&self.lnf_w),
+                &src.get(Part::Final)[within(&self.lnf_w, fbase)],
                 lnf_mean,
                 lnf_rstd,
                 n,
                 c,
             );
         }
-        let lnf_range = self.lnf_w.start..self.lnf_b.end;
-        done(lnf_range.clone(), &grads[lnf_range]);
+        src.release(Part::Final);
+        sink.done(Part::Final)?;
 
         for l in (0..cfg.n_layer).rev() {
             let w = &self.blocks[l];
+            let part = Part::Block(l);
+            src.fetch(part, l.checked_sub(1).map(Part::Block))?;
+            let (buf, base) = (src.get(part), self.part_range(part).start);
+            let p = |r: &Range<usize>| &buf[within(r, base)];
             let (before, rest) = blocks.split_at(l);
             let a = &rest[0];
             let residual: &[f32] = match before.last() {
                 Some(prev) => &prev.residual3,
                 None => encoded,
             };
+            let g = sink.grads(part)?;
+            let rel = |wr: &Range<usize>, br: &Range<usize>| (within(wr, base), within(br, base));
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             s.dfch_gelu.fill(0.0);
             s.dfch.fill(0.0);
             s.dln.fill(0.0);
             {
-                let (dw, db) = split_two(grads, &w.fcproj_w, &w.fcproj_b);
+                let (wr, br) = rel(&w.fcproj_w, &w.fcproj_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 matmul_backward(
                     Some(&mut s.dfch_gelu),
                     dw,
@@ -548,7 +597,8 @@ impl Gpt {
             }
             gelu_backward(&mut s.dfch, &a.fch, &s.dfch_gelu);
             {
-                let (dw, db) = split_two(grads, &w.fc_w, &w.fc_b);
+                let (wr, br) = rel(&w.fc_w, &w.fc_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 matmul_backward(
                     Some(&mut s.dln),
                     dw,
@@ -563,7 +613,8 @@ impl Gpt {
                 );
             }
             {
-                let (dw, db) = split_two(grads, &w.ln2_w, &w.ln2_b);
+                let (wr, br) = rel(&w.ln2_w, &w.ln2_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 layernorm_backward(
                     &mut s.dresidual,
                     dw,
@@ -582,7 +633,8 @@ impl Gpt {
             s.dqkv.fill(0.0);
             s.dln.fill(0.0);
             {
-                let (dw, db) = split_two(grads, &w.attproj_w, &w.attproj_b);
+                let (wr, br) = rel(&w.attproj_w, &w.attproj_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 matmul_backward(
                     Some(&mut s.datty),
                     dw,
@@ -608,7 +660,8 @@ impl Gpt {
                 nh,
             );
             {
-                let (dw, db) = split_two(grads, &w.qkv_w, &w.qkv_b);
+                let (wr, br) = rel(&w.qkv_w, &w.qkv_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 matmul_backward(
                     Some(&mut s.dln),
                     dw,
@@ -623,7 +676,8 @@ impl Gpt {
                 );
             }
             {
-                let (dw, db) = split_two(grads, &w.ln1_w, &w.ln1_b);
+                let (wr, br) = rel(&w.ln1_w, &w.ln1_b);
+                let (dw, db) = split_two(&mut *g, &wr, &br);
                 layernorm_backward(
                     &mut s.dresidual,
                     dw,
@@ -637,14 +691,16 @@ impl Gpt {
                     c,
                 );
             }
-            let block = self.layout.layer_range(l);
-            done(block.clone(), &grads[block]);
+            src.release(part);
+            sink.done(part)?;
         }
-        let (dwte, dwpe) = split_two(grads, &self.wte, &self.wpe);
-        embedding_backward(dwte, dwpe, &s.dresidual, tokens, b, t, c);
-        let embeddings = self.wte.start..self.wpe.end;
-        done(embeddings.clone(), &grads[embeddings]);
-        Ok(())
+        {
+            let g = sink.grads(Part::Embeddings)?;
+            let (wr, br) = (within(&self.wte, ebase), within(&self.wpe, ebase));
+            let (dwte, dwpe) = split_two(g, &wr, &br);
+            embedding_backward(dwte, dwpe, &s.dresidual, tokens, b, t, c);
+        }
+        sink.done(Part::Embeddings)
     }
 }
 

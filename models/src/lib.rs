@@ -12,10 +12,12 @@ mod gpt;
 pub mod hf;
 mod init;
 mod layout;
+mod parts;
 mod sample;
 
 pub use config::{GptConfig, PRESETS};
 pub use error::ModelError;
 pub use gpt::{Activations, Gpt};
 pub use layout::{ParamLayout, ParamTensor};
+pub use parts::{GradSink, ParamSource, Part, Whole, WholeGrads};
 pub use sample::SampleOptions;

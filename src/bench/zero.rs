@@ -25,7 +25,7 @@ pub struct BenchZeroArgs {
     #[arg(long, default_value_t = 2)]
     pub world: usize,
     /// ZeRO stages to measure.
-    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
     pub stages: Vec<u8>,
     /// Sequences per rank per step.
     #[arg(long, default_value_t = 8)]
@@ -71,6 +71,7 @@ fn zero_formula(stage: ZeroStage, psi: f64, world: f64) -> f64 {
         ZeroStage::Replicated => 16.0 * psi,
         ZeroStage::OptimizerSharded => 8.0 * psi + 8.0 * psi / world,
         ZeroStage::GradientsSharded => 4.0 * psi + 12.0 * psi / world,
+        ZeroStage::ParametersSharded => 16.0 * psi / world,
     }
 }
 
@@ -79,8 +80,25 @@ struct Measured {
     step_s: f64,
     exposed_s: f64,
     optimizer_s: f64,
+    /// Parameters, gradients and moments held between steps.
     bytes: usize,
+    /// Communication buffers held at once during a step.
+    buffers: usize,
+    /// Activations of this rank's model replica.
+    acts: usize,
+    /// Growth of the process's resident memory over the stage's run, per rank.
+    rss: usize,
     loss: f32,
+}
+
+/// The process's resident set size in bytes (Linux; 0 elsewhere).
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -99,6 +117,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
     let hp = PEER_HYPER;
     let vocab = config.vocab_size as u64;
     let global_batch = a.batch * world;
+    let rss_before = resident_bytes();
     let results: Vec<Result<Measured>> = thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -108,9 +127,13 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                 s.spawn(move || -> Result<Measured> {
                     let rank = comm.rank();
                     let mut compute = Replicas::new(config, a.batch, a.seq_len, 1)?;
-                    let buckets = buckets(model, bucket_elems);
+                    // Stage 3 gathers parameters part by part: one bucket per part.
+                    let per_part = stage == ZeroStage::ParametersSharded;
+                    let buckets = buckets(model, if per_part { 1 } else { bucket_elems });
                     let mut shard = ZeroShard::new(stage, buckets, rank, world);
+                    shard.load_params(&params);
                     let mut state = TrainState::without_moments(params);
+                    shard.trim(&mut state);
                     let (mut steps, mut exposed, mut optimizer, mut loss) =
                         (vec![], vec![], vec![], 0.0);
                     for i in 0..a.warmup + a.steps {
@@ -140,11 +163,18 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
                         loss = out.loss;
                     }
                     let m = shard.memory(&state);
+                    // Every rank still holds its state: measure the process now.
+                    barrier.wait();
+                    let rss = resident_bytes().saturating_sub(rss_before) / world;
+                    barrier.wait();
                     Ok(Measured {
                         step_s: median(steps),
                         exposed_s: median(exposed),
                         optimizer_s: median(optimizer),
                         bytes: m.params + m.grads + m.optimizer,
+                        buffers: m.buffers,
+                        acts: compute.activation_bytes(),
+                        rss,
                         loss,
                     })
                 })
@@ -225,35 +255,42 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
         single.step_s
     );
     println!(
-        "{:<6} {:>8} {:>9} {:>9} {:>10} {:>9} {:>11} {:>11} {:>9}",
+        "{:<6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
         "stage",
         "step s",
         "tokens/s",
         "vs alone",
         "exposed",
         "optim s",
-        "MiB/rank",
+        "state MiB",
         "formula",
+        "buffers",
+        "acts",
+        "RSS/rank",
         "loss"
     );
     for &n in &a.stages {
         let stage = ZeroStage::from_number(n)?;
         let m = run_stage(&a, stage, a.world)?;
+        let mib = |b: usize| b as f64 / 1048576.0;
         println!(
-            "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>9.0}% {:>9.3} {:>11.1} {:>11.1} {:>9.4}",
+            "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>7.0}% {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.4}",
             n,
             m.step_s,
             tokens / m.step_s,
             100.0 * (m.step_s / single.step_s - 1.0),
             100.0 * m.exposed_s / m.step_s,
             m.optimizer_s,
-            m.bytes as f64 / 1048576.0,
+            mib(m.bytes),
             zero_formula(stage, psi, a.world as f64) / 1048576.0,
+            mib(m.buffers),
+            mib(m.acts),
+            mib(m.rss),
             m.loss
         );
     }
     println!(
-        "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for gradient reductions after backward (the rest was hidden behind it). MiB/rank: parameters + gradients + AdamW moments held (gradients are still full size at stage 2; bucket copies in flight add up to 4 bytes/parameter); formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W."
+        "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for collectives (gradient reductions after backward; at stage 3 also parameter gathers not yet done when a layer needed them). state MiB: parameters + gradients + AdamW moments held between steps by rank 0; formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W, 16Ψ/W. buffers: the most communication buffers held at once in a step (gradient buckets staged or in flight; at stage 3 also the gathered parts). acts: the rank's activations. RSS/rank: growth of the process's resident memory over the stage's run divided by W, which should be near state + buffers + acts (the allocator may keep freed buffers)."
     );
     if a.quic {
         println!(
@@ -301,5 +338,6 @@ mod tests {
         assert_eq!(zero_formula(ZeroStage::OptimizerSharded, psi, 1.0), 16e6);
         assert_eq!(zero_formula(ZeroStage::GradientsSharded, psi, 1.0), 16e6);
         assert_eq!(zero_formula(ZeroStage::GradientsSharded, psi, 4.0), 7e6);
+        assert_eq!(zero_formula(ZeroStage::ParametersSharded, psi, 4.0), 4e6);
     }
 }

@@ -335,7 +335,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mib = |b: usize| b as f64 / 1048576.0;
         eprintln!(
             "each of {world} ranks holds {:.1} MiB: parameters {:.1}, gradients {:.1}, AdamW {:.1} \
-             (plus gradient buckets in flight, up to the gradients' size)",
+             (plus communication buffers: gradient buckets in flight, and at stage 3 the parameter parts gathered for the layer at work and the next)",
             mib(m.total()),
             mib(m.params),
             mib(m.grads),
