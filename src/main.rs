@@ -40,10 +40,16 @@ enum Command {
     /// The cluster's certificate authority and node certificates.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// One node of a multi-host run: `--listen` starts it (rank 0), `--join` joins it.
+    Node(commands::node::NodeArgs),
     /// One rank of a multi-process collectives run, driven by JSON lines on stdin
     /// (used by the tests and `shoal bench collectives`).
     #[command(hide = true)]
     RingWorker(commands::ring_worker::RingWorkerArgs),
+    /// Runs every GPU kernel against its CPU kernel and times cuBLAS (built with `--features cuda`).
+    #[cfg(feature = "cuda")]
+    #[command(hide = true)]
+    GpuCheck(commands::gpu_check::GpuCheckArgs),
 }
 
 fn init_logging() {
@@ -67,7 +73,10 @@ fn main() -> ExitCode {
         Command::Import(a) => commands::convert::import(a),
         Command::Bench(b) => bench::run(b),
         Command::Cluster(c) => commands::cluster::run(c),
+        Command::Node(a) => commands::node::run(a),
         Command::RingWorker(a) => commands::ring_worker::run(a),
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck(a) => commands::gpu_check::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,15 @@ pub enum TrainError {
     /// The model crate rejected a configuration, an input or a file.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// An actor of the run stopped or could not be reached (the failure that
+    /// stopped it, if known, is in the message).
+    #[error("actor {actor}: {reason}")]
+    Actor {
+        /// Which actor.
+        actor: &'static str,
+        /// What happened.
+        reason: String,
+    },
     /// The data crate could not read, tokenize or sample the data.
     #[error(transparent)]
     Data(#[from] DataError),

@@ -2,21 +2,34 @@
 //! checkpoints, learning-rate schedule and metrics.
 //!
 //! One process trains on one rayon pool ([`Trainer`]), or as one of several
-//! data-parallel ranks: [`zero_step`] runs a rank's share of a step under ZeRO stage 0,
-//! 1 or 2 over the ring collectives, with ranks as threads (`ranks` in the config) or
-//! as processes ([`Trainer::attach`]). The flat-buffer state, checkpoint format and data
-//! order are independent of the world size. The actors that will own these pieces
-//! (parameter shards, gradient reducers, a data feeder) come next.
+//! data-parallel ranks under ZeRO stage 0–3 over the ring collectives, with ranks as
+//! threads (`ranks` in the config) or as processes ([`Trainer::attach`]). The ranks are
+//! `ractor` actors:
+//! - a [`NodeActor`] per process ([`Node`] is its synchronous handle) starts and
+//!   supervises the process's ranks and aborts every local ring when one fails;
+//! - a [`Rank`] runs forward and backward on its rows and starts, linked, its
+//!   - [`DataFeeder`]: the rank's batches, prepared a step ahead;
+//!   - [`GradientReducer`]: owns the rank's communicator; reduces gradient buckets as
+//!     backward finishes them and runs every other collective of the rank;
+//!   - [`ParameterShard`]: owns the rank's share of the optimizer, applies AdamW to it
+//!     and serves its parameter pieces for the stage-3 gathers.
+//!
+//! The flat-buffer state, checkpoint format and data order are independent of the
+//! world size.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod feeder;
 pub mod metrics;
-pub mod ranks;
+pub mod node;
+pub mod rank;
+pub mod reducer;
 pub mod replicas;
 pub mod schedule;
+pub mod shard;
 pub mod step;
 pub mod trainer;
 pub mod zero;
@@ -26,11 +39,17 @@ pub use checkpoint::{
 };
 pub use config::{DataSpec, ModelSpec, TrainConfig};
 pub use error::{Result, TrainError};
+pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
 pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};
+pub use node::{Node, NodeActor, NodeSpec, StartState};
+pub use rank::Rank;
+pub use reducer::GradientReducer;
 pub use replicas::Replicas;
 pub use schedule::LrSchedule;
+pub use shard::ParameterShard;
 pub use step::{StepHyper, StepOutcome, TrainState, train_step};
+pub use trainer::TRAIN_COMM_TIMEOUT;
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };
-pub use zero::{MemoryReport, ZeroOutcome, ZeroShard, ZeroStage, buckets, spans_within, zero_step};
+pub use zero::{MemoryReport, ZeroOutcome, ZeroShard, ZeroStage, buckets, spans_within};

@@ -5,7 +5,6 @@
 //! holds the global samples `s·B·accum + micro·B + i`, so resuming needs no data state
 //! and a resumed run repeats an uninterrupted one bit for bit.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,11 +17,9 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
 use crate::config::{DataSpec, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
-use crate::ranks::{StepContext, form_ranks, local_comms};
 use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
 use crate::step::{StepHyper, TrainState, train_step};
-use crate::zero::ZeroStage;
 
 /// Receives progress from [`Trainer::run`]; every method has an empty default.
 pub trait TrainObserver {
@@ -289,21 +286,27 @@ impl Trainer {
         self.resumed_from.as_deref()
     }
 
-    /// Runs one optimizer step over `grad_accum` micro-batches.
-    pub fn step(&mut self) -> Result<StepStats> {
-        let start = Instant::now();
+    /// The hyper-parameters of step `step` (0-based: the step being taken).
+    fn hyper(&self, step: u64) -> StepHyper {
         let c = &self.config;
-        let (b, t, accum, seed) = (c.batch_size, c.seq_len, c.grad_accum, c.seed);
-        let step = self.state.step;
-        let hp = StepHyper {
+        StepHyper {
             lr: self.schedule.lr(step),
             beta1: c.beta1,
             beta2: c.beta2,
             eps: c.eps,
             weight_decay: c.weight_decay,
             grad_clip: c.grad_clip,
-            grad_accum: accum,
-        };
+            grad_accum: c.grad_accum,
+        }
+    }
+
+    /// Runs one optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let start = Instant::now();
+        let c = &self.config;
+        let (b, t, accum, seed) = (c.batch_size, c.seq_len, c.grad_accum, c.seed);
+        let step = self.state.step;
+        let hp = self.hyper(step);
         let mixture = &self.data.mixture;
         let fill = |micro: usize, tokens: &mut [u32], targets: &mut [u32]| -> Result<()> {
             let first = (step * (b * accum) as u64) + (micro * b) as u64;
@@ -439,107 +442,6 @@ impl Trainer {
         self.comm = Some(comm);
     }
 
-    fn step_context(&self) -> StepContext {
-        StepContext {
-            model: self.model.clone(),
-            spans: self.spans.clone(),
-            schedule: self.schedule,
-            config: self.config.clone(),
-            mixture: self.data.mixture.clone(),
-        }
-    }
-
-    /// Takes this process's part in the steps of a ring whose rank 0 is elsewhere.
-    fn follow(&mut self, comm: Communicator) -> Result<RunSummary> {
-        let start = Instant::now();
-        let stage = ZeroStage::from_number(self.config.zero)?;
-        let ctx = self.step_context();
-        let adam_m = std::mem::take(&mut self.state.adam_m);
-        let adam_v = std::mem::take(&mut self.state.adam_v);
-        let mut ranks = form_ranks(&ctx, vec![comm], stage, &self.state.params, &adam_m, &adam_v)?;
-        drop((adam_m, adam_v));
-        let rank = ranks.remove(0);
-        let state = std::mem::replace(&mut self.state, TrainState::without_moments(Vec::new()));
-        let steps = state.step..self.config.max_steps;
-        rank.follow(&ctx, state, steps.clone())?;
-        Ok(RunSummary {
-            step: steps.end,
-            last_step: None,
-            last_eval: None,
-            checkpoint: None,
-            metrics: self.config.out_dir.join("metrics.jsonl"),
-            seconds: start.elapsed().as_secs_f64(),
-        })
-    }
-
-    /// [`Trainer::run`] as rank 0 of `comms` (this process's ranks, rank 0 first).
-    fn run_ranks(
-        &mut self,
-        observer: &mut dyn TrainObserver,
-        comms: Vec<Communicator>,
-    ) -> Result<RunSummary> {
-        let stage = ZeroStage::from_number(self.config.zero)?;
-        let ctx = self.step_context();
-        // The moments move into the ranks' shards (each keeps its pieces).
-        let adam_m = std::mem::take(&mut self.state.adam_m);
-        let adam_v = std::mem::take(&mut self.state.adam_v);
-        let mut ranks = form_ranks(&ctx, comms, stage, &self.state.params, &adam_m, &adam_v)?;
-        drop((adam_m, adam_v));
-        let leader = RefCell::new(ranks.remove(0));
-        let steps = self.state.step..self.config.max_steps;
-        let n = self.state.params.len();
-        std::thread::scope(|s| {
-            let followers: Vec<_> = ranks
-                .into_iter()
-                .map(|rank| {
-                    let (ctx, steps) = (ctx.clone(), steps.clone());
-                    let mut state = TrainState::without_moments(self.state.params.clone());
-                    state.step = self.state.step;
-                    s.spawn(move || rank.follow(&ctx, state, steps))
-                })
-                .collect();
-            let result = self.run_loop(
-                observer,
-                &mut |t| {
-                    let start = Instant::now();
-                    let (out, lr) = leader.borrow_mut().step(&ctx, &mut t.state)?;
-                    let tokens = t.config.tokens_per_step();
-                    t.tokens_seen += tokens;
-                    Ok(StepStats {
-                        step: t.state.step,
-                        loss: out.loss,
-                        lr,
-                        grad_norm: out.grad_norm,
-                        tokens,
-                        seconds: start.elapsed().as_secs_f64(),
-                    })
-                },
-                &mut |t| {
-                    let (m, v) = leader.borrow_mut().gather_moments(n)?;
-                    let mut ckpt = t.checkpoint();
-                    ckpt.adam_m = m;
-                    ckpt.adam_v = v;
-                    Ok(ckpt)
-                },
-            );
-            // Rank 0's links go first, so that ranks still waiting on it fail at once.
-            drop(leader);
-            let mut result = result;
-            for f in followers {
-                let outcome = f.join().unwrap_or_else(|_| {
-                    Err(TrainError::InvalidConfig {
-                        field: "ranks",
-                        reason: "a rank thread panicked".into(),
-                    })
-                });
-                if let (Ok(_), Err(e)) = (&result, outcome) {
-                    result = Err(e);
-                }
-            }
-            result
-        })
-    }
-
     /// The run loop, taking steps and checkpoints with the given functions.
     fn run_loop(
         &mut self,
@@ -604,6 +506,11 @@ impl Trainer {
         Ok(summary)
     }
 }
+
+mod data_parallel;
+
+pub use data_parallel::TRAIN_COMM_TIMEOUT;
+use data_parallel::local_comms;
 
 #[cfg(test)]
 #[path = "trainer_tests.rs"]

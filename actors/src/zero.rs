@@ -28,17 +28,11 @@
 
 use std::ops::Range;
 
-use shoal_collectives::Communicator;
+use shoal_collectives::shard_range;
 use shoal_kernels::DecaySpan;
 use shoal_models::Gpt;
 
 use crate::error::{Result, TrainError};
-use crate::step::TrainState;
-
-mod parts;
-mod step;
-
-pub use step::zero_step;
 
 /// How much of the training state each rank keeps whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,8 +111,8 @@ pub struct MemoryReport {
 
 /// What one rank owns of the optimizer under a ZeRO stage: the gradient buckets, its
 /// piece of each, and the AdamW moments of those pieces; at stage ≥ 2 the pieces'
-/// gradients and at stage 3 their parameters. What the rank holds whole stays in its
-/// [`TrainState`] (see [`ZeroShard::trim`]).
+/// gradients and at stage 3 their parameters. What the rank holds whole is
+/// [`crate::shard::Shared`] with its compute.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZeroShard {
     /// The stage.
@@ -147,7 +141,10 @@ impl ZeroShard {
             .iter()
             .map(|b| match stage {
                 ZeroStage::Replicated => b.clone(),
-                _ => parts::piece_of(b, world, rank),
+                _ => {
+                    let p = shard_range(b.len(), world, rank);
+                    b.start + p.start..b.start + p.end
+                }
             })
             .collect();
         let owned: usize = pieces.iter().map(Range::len).sum();
@@ -196,74 +193,50 @@ impl ZeroShard {
         }
     }
 
-    /// Empties the buffers of `state` that this stage keeps in the shard instead: the
-    /// gradients at stage ≥ 2, the parameters at stage 3.
-    pub fn trim(&self, state: &mut TrainState) {
-        if self.stage.shards_gradients() {
-            state.grads = Vec::new();
+    /// A full-layout buffer of `len` elements holding the concatenated pieces `own`
+    /// at their places, zeros elsewhere.
+    pub fn spread(&self, own: &[f32], len: usize) -> Vec<f32> {
+        let mut full = vec![0.0f32; len];
+        for (piece, at) in self.pieces.iter().zip(offsets(&self.pieces)) {
+            full[piece.clone()].copy_from_slice(&own[at..at + piece.len()]);
         }
-        if self.stage.shards_parameters() {
-            state.params = Vec::new();
-        }
+        full
     }
 
-    /// Full-layout buffers of `len` elements from the concatenated pieces `own`,
-    /// gathered from every rank unless the stage keeps everything whole.
-    fn gather(&self, comm: &mut Communicator, own: &[&[f32]], len: usize) -> Result<Vec<Vec<f32>>> {
-        let mut full = vec![vec![0.0f32; len]; own.len()];
-        for (o, out) in own.iter().zip(full.iter_mut()) {
-            let mut at = 0;
-            for piece in &self.pieces {
-                out[piece.clone()].copy_from_slice(&o[at..at + piece.len()]);
-                at += piece.len();
-            }
-            if self.stage != ZeroStage::Replicated {
-                for bucket in &self.buckets {
-                    comm.all_gather(&mut out[bucket.clone()])?;
-                }
-            }
-        }
-        Ok(full)
+    /// A buffer the size of bucket `index` holding this rank's piece of the stage-3
+    /// parameters at its place (`offsets` from [`offsets`]), zeros elsewhere.
+    pub(crate) fn piece_buffer(&self, index: usize, offsets: &[usize]) -> Vec<f32> {
+        let (bucket, piece) = (&self.buckets[index], &self.pieces[index]);
+        let mut buf = vec![0.0f32; bucket.len()];
+        let at = piece.start - bucket.start;
+        let own = &self.params[offsets[index]..offsets[index] + piece.len()];
+        buf[at..at + piece.len()].copy_from_slice(own);
+        buf
     }
 
-    /// The full-layout AdamW moments, gathered from every rank (a collective: every
-    /// rank calls it at the same point).
-    pub fn gather_moments(
-        &self,
-        comm: &mut Communicator,
-        len: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut full = self.gather(comm, &[&self.adam_m, &self.adam_v], len)?;
-        let v = full.pop().unwrap_or_default();
-        let m = full.pop().unwrap_or_default();
-        Ok((m, v))
-    }
-
-    /// At stage 3, gathers the full parameters of `len` elements into `state.params`
-    /// (a collective, for evaluation and checkpoints); a no-op otherwise.
-    pub fn materialize_params(
-        &self,
-        comm: &mut Communicator,
-        state: &mut TrainState,
-        len: usize,
-    ) -> Result<()> {
-        if self.stage.shards_parameters() {
-            state.params = self.gather(comm, &[&self.params], len)?.remove(0);
-        }
-        Ok(())
-    }
-
-    /// Bytes held for parameters, gradients and moments with `state`, and the
-    /// communication buffers of the last step.
-    pub fn memory(&self, state: &TrainState) -> MemoryReport {
+    /// Bytes held in the shard: the moments, and the pieces' gradients and parameters
+    /// where the stage shards them, and the communication buffers of the last step.
+    pub fn memory(&self) -> MemoryReport {
         let f = std::mem::size_of::<f32>();
         MemoryReport {
-            params: (state.params.len() + self.params.len()) * f,
-            grads: (state.grads.len() + self.grads.len()) * f,
+            params: self.params.len() * f,
+            grads: self.grads.len() * f,
             optimizer: (self.adam_m.len() + self.adam_v.len()) * f,
             buffers: self.peak_buffer_elems * f,
         }
     }
+}
+
+/// The pieces' offsets in a shard's concatenated buffers.
+pub(crate) fn offsets(pieces: &[Range<usize>]) -> Vec<usize> {
+    pieces
+        .iter()
+        .scan(0, |at, p| {
+            let start = *at;
+            *at += p.len();
+            Some(start)
+        })
+        .collect()
 }
 
 impl MemoryReport {
@@ -289,7 +262,7 @@ impl MemoryReport {
 }
 
 /// What one rank's step measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ZeroOutcome {
     /// Mean training loss of the global batch.
     pub loss: f32,
@@ -301,6 +274,8 @@ pub struct ZeroOutcome {
     /// Seconds from the end of the reductions to the end of the step: norm,
     /// clipping, AdamW and the parameter all-gather.
     pub optimizer_seconds: f64,
+    /// Global indices of the samples this rank consumed, in order.
+    pub samples: Vec<u64>,
 }
 
 /// The decay spans of `spans` that fall in `range`, relative to its start.

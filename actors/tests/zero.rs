@@ -3,14 +3,13 @@
 //! within 1e-5 relative, final parameters within 1e-5 of their norm, the same global
 //! sample indices.
 
-use std::sync::Mutex;
-use std::thread;
+use std::sync::Arc;
 
 use shoal_actors::{
-    MemoryReport, Replicas, StepHyper, TrainState, ZeroShard, ZeroStage, buckets, train_step,
-    zero_step,
+    Fill, MemoryReport, Node, NodeSpec, Replicas, StartState, StepHyper, TrainState, ZeroShard,
+    ZeroStage, buckets, train_step,
 };
-use shoal_collectives::{CommConfig, LocalHub, shard_range};
+use shoal_collectives::{CommConfig, LocalHub};
 use shoal_models::{Gpt, GptConfig};
 
 const BATCH: usize = 4;
@@ -93,56 +92,47 @@ fn single_rank() -> Run {
 fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> {
     let model = Gpt::new(config()).unwrap();
     let params = model.init_params(7);
-    let spans = model.layout.decay_spans();
-    let comms = LocalHub::new().group(world, CommConfig::default()).unwrap();
-    let seen: Mutex<Vec<Vec<u64>>> = Mutex::new(vec![vec![]; STEPS]);
-    let runs: Vec<(Vec<f32>, Vec<f32>)> = thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                let (model, spans, seen, params) = (&model, &spans, &seen, params.clone());
-                s.spawn(move || {
-                    let rank = comm.rank();
-                    // At stages 2 and 3 a rank without rows computes on a placeholder row.
-                    let rows = shard_range(BATCH, world, rank).len();
-                    let rows = rows.max(usize::from(stage.shards_gradients()));
-                    let mut compute =
-                        (rows > 0).then(|| Replicas::new(&config(), rows, SEQ, 1).unwrap());
-                    // Stage 3 gathers parameters part by part: one bucket per part.
-                    let bucket_elems = match stage {
-                        ZeroStage::ParametersSharded => 1,
-                        _ => bucket_elems,
-                    };
-                    let buckets = buckets(model, bucket_elems);
-                    let mut shard = ZeroShard::new(stage, buckets, rank, world);
-                    shard.load_params(&params);
-                    let mut state = TrainState::without_moments(params);
-                    shard.trim(&mut state);
-                    let mut losses = vec![];
-                    for step in 0..STEPS {
-                        let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
-                            sample(index, x, y);
-                            seen.lock().unwrap()[step].push(index);
-                            Ok(())
-                        };
-                        let (c, st, sh, h) = (compute.as_mut(), &mut state, &mut shard, &hyper());
-                        let out = zero_step(&mut comm, model, st, sh, c, spans, h, BATCH, fill);
-                        losses.push(out.unwrap().loss);
-                    }
-                    let n = model.num_params();
-                    shard.materialize_params(&mut comm, &mut state, n).unwrap();
-                    (losses, state.params)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let zeros = vec![0.0; params.len()];
+    let fill: Fill = Arc::new(|index, x, y| {
+        sample(index, x, y);
+        Ok(())
     });
-    let mut indices = seen.into_inner().unwrap();
-    indices.iter_mut().for_each(|v| v.sort());
-    runs.into_iter()
-        .map(|(losses, params)| Run {
+    let spec = NodeSpec {
+        spans: model.layout.decay_spans(),
+        model,
+        stage,
+        bucket_elems,
+        batch: BATCH,
+        accum: ACCUM,
+        seq_len: SEQ,
+        threads_per_rank: 1,
+        fill,
+    };
+    // The ranks as actors of one node, over the in-process ring.
+    let comms = LocalHub::new().group(world, CommConfig::default()).unwrap();
+    let start = StartState {
+        params: &params,
+        adam_m: &zeros,
+        adam_v: &zeros,
+    };
+    let node = Node::start(&spec, comms, start).unwrap();
+    let mut losses = vec![vec![]; world];
+    let mut indices = vec![];
+    for step in 0..STEPS as u64 {
+        let outs = node.step(step, hyper()).unwrap();
+        let mut seen: Vec<u64> = outs.iter().flat_map(|o| o.samples.clone()).collect();
+        seen.sort();
+        indices.push(seen);
+        for (rank, o) in outs.iter().enumerate() {
+            losses[rank].push(o.loss);
+        }
+    }
+    let params = node.params().unwrap();
+    losses
+        .into_iter()
+        .map(|losses| Run {
             losses,
-            params,
+            params: params.clone(),
             indices: indices.clone(),
         })
         .collect()
@@ -217,12 +207,16 @@ fn buckets_cover_the_layout_and_shards_split_the_optimizer_state() {
         assert!(b[..b.len() - 1].iter().all(|r| r.len() >= size.min(n)));
         for world in 1..=4 {
             for stage in (0..=3).map(|s| ZeroStage::from_number(s).unwrap()) {
-                let held: Vec<_> = (0..world)
+                // The shard's own holdings plus the whole-layout buffers a rank keeps.
+                let f = 4;
+                let whole_params = if stage.shards_parameters() { 0 } else { f * n };
+                let whole_grads = if stage.shards_gradients() { 0 } else { f * n };
+                let held: Vec<MemoryReport> = (0..world)
                     .map(|r| {
-                        let shard = ZeroShard::new(stage, b.clone(), r, world);
-                        let mut state = TrainState::without_moments(vec![0.0; n]);
-                        shard.trim(&mut state);
-                        shard.memory(&state)
+                        let mut m = ZeroShard::new(stage, b.clone(), r, world).memory();
+                        m.params += whole_params;
+                        m.grads += whole_grads;
+                        m
                     })
                     .collect();
                 let copies = |sharded: bool| if sharded { 1 } else { world };

@@ -258,6 +258,27 @@ impl Communicator {
         self.spawn(buf, |e, b| e.all_gather(b))
     }
 
+    /// Non-blocking [`Communicator::all_gather`] of each of `ranges` of an owned
+    /// buffer in turn (one op: the parameter buckets after a ZeRO step).
+    pub fn all_gather_ranges_async(
+        &mut self,
+        buf: Vec<f32>,
+        ranges: Vec<Range<usize>>,
+    ) -> Pending<Vec<f32>> {
+        self.spawn(buf, move |e, b| {
+            let len = b.len();
+            for r in &ranges {
+                let part = b.get_mut(r.clone()).ok_or_else(|| {
+                    CollectiveError::InvalidArgument(format!(
+                        "range {r:?} is outside a buffer of {len} elements"
+                    ))
+                })?;
+                e.all_gather(part)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Non-blocking [`Communicator::broadcast`] on an owned buffer.
     pub fn broadcast_async(&mut self, buf: Vec<f32>, root: usize) -> Pending<Vec<f32>> {
         self.spawn(buf, move |e, b| e.broadcast(b, root))

@@ -24,6 +24,7 @@ pub mod local;
 pub mod pattern;
 pub mod probe;
 pub mod quic;
+pub mod rendezvous;
 pub mod ring;
 pub mod tls;
 pub mod transport;

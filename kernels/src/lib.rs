@@ -26,6 +26,8 @@
 pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;

@@ -9,6 +9,8 @@
 mod config;
 mod error;
 mod gpt;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod hf;
 mod init;
 mod layout;

@@ -1,20 +1,20 @@
 //! `shoal bench zero`: data-parallel training steps per ZeRO stage, W ranks as
-//! threads of this process (one compute thread each, in-process collectives), on the
+//! actors of one node in this process (one compute thread each, in-process
+//! collectives), on the
 //! issue's 6-layer 384-wide model: step time, tokens/s, how much of the gradient
 //! reduction backward hid, and bytes per rank next to ZeRO's accounting. With
 //! `--torch-python`, PyTorch DDP / FSDP / FSDP2 over gloo run the same model, batch and
 //! processes (`torch_gpt_train.py`).
 
 use std::path::PathBuf;
-use std::sync::Barrier;
-use std::thread;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal_actors::{Replicas, TrainState, ZeroShard, ZeroStage, buckets, zero_step};
+use shoal_actors::{Fill, Node, NodeSpec, StartState, ZeroStage};
 use shoal_collectives::{CommConfig, LocalHub};
-use shoal_models::{Gpt, GptConfig};
+use shoal_models::{Activations, Gpt, GptConfig};
 
 use super::train::{PEER_HYPER, PeerShape, random_row, torch_peer_run};
 
@@ -110,82 +110,56 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
     let config = model_config(a.seq_len);
     let model = Gpt::new(config.clone())?;
     let params = model.init_params(1);
-    let spans = model.layout.decay_spans();
-    let bucket_elems = ((a.bucket_mib * 1048576.0) / 4.0).max(1.0) as usize;
-    let comms = LocalHub::new().group(world, CommConfig::default())?;
-    let barrier = Barrier::new(world);
-    let hp = PEER_HYPER;
+    let zeros = vec![0.0; params.len()];
     let vocab = config.vocab_size as u64;
-    let global_batch = a.batch * world;
-    let rss_before = resident_bytes();
-    let results: Vec<Result<Measured>> = thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                let (model, spans, params, barrier, config) =
-                    (&model, &spans, params.clone(), &barrier, &config);
-                s.spawn(move || -> Result<Measured> {
-                    let rank = comm.rank();
-                    let mut compute = Replicas::new(config, a.batch, a.seq_len, 1)?;
-                    // Stage 3 gathers parameters part by part: one bucket per part.
-                    let per_part = stage == ZeroStage::ParametersSharded;
-                    let buckets = buckets(model, if per_part { 1 } else { bucket_elems });
-                    let mut shard = ZeroShard::new(stage, buckets, rank, world);
-                    shard.load_params(&params);
-                    let mut state = TrainState::without_moments(params);
-                    shard.trim(&mut state);
-                    let (mut steps, mut exposed, mut optimizer, mut loss) =
-                        (vec![], vec![], vec![], 0.0);
-                    for i in 0..a.warmup + a.steps {
-                        let fill = |index: u64, x: &mut [u32], y: &mut [u32]| {
-                            let mut seed = index;
-                            random_row(&mut seed, vocab, x, y);
-                            Ok(())
-                        };
-                        barrier.wait();
-                        let start = Instant::now();
-                        let out = zero_step(
-                            &mut comm,
-                            model,
-                            &mut state,
-                            &mut shard,
-                            Some(&mut compute),
-                            spans,
-                            &hp,
-                            global_batch,
-                            fill,
-                        )?;
-                        if i >= a.warmup {
-                            steps.push(start.elapsed().as_secs_f64());
-                            exposed.push(out.exposed_comm_seconds);
-                            optimizer.push(out.optimizer_seconds);
-                        }
-                        loss = out.loss;
-                    }
-                    let m = shard.memory(&state);
-                    // Every rank still holds its state: measure the process now.
-                    barrier.wait();
-                    let rss = resident_bytes().saturating_sub(rss_before) / world;
-                    barrier.wait();
-                    Ok(Measured {
-                        step_s: median(steps),
-                        exposed_s: median(exposed),
-                        optimizer_s: median(optimizer),
-                        bytes: m.params + m.grads + m.optimizer,
-                        buffers: m.buffers,
-                        acts: compute.activation_bytes(),
-                        rss,
-                        loss,
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
+    let fill: Fill = Arc::new(move |index, x, y| {
+        let mut seed = index;
+        random_row(&mut seed, vocab, x, y);
+        Ok(())
     });
-    results.into_iter().next().context("no ranks")?
+    let spec = NodeSpec {
+        spans: model.layout.decay_spans(),
+        model,
+        stage,
+        bucket_elems: ((a.bucket_mib * 1048576.0) / 4.0).max(1.0) as usize,
+        batch: a.batch * world,
+        accum: 1,
+        seq_len: a.seq_len,
+        threads_per_rank: 1,
+        fill,
+    };
+    let rss_before = resident_bytes();
+    let comms = LocalHub::new().group(world, CommConfig::default())?;
+    let start = StartState {
+        params: &params,
+        adam_m: &zeros,
+        adam_v: &zeros,
+    };
+    let node = Node::start(&spec, comms, start)?;
+    let (mut steps, mut exposed, mut optimizer, mut loss) = (vec![], vec![], vec![], 0.0);
+    for i in 0..a.warmup + a.steps {
+        let begin = Instant::now();
+        let outs = node.step(i as u64, PEER_HYPER)?;
+        if i >= a.warmup {
+            steps.push(begin.elapsed().as_secs_f64());
+            exposed.push(outs[0].exposed_comm_seconds);
+            optimizer.push(outs[0].optimizer_seconds);
+        }
+        loss = outs[0].loss;
+    }
+    let m = node.memory()?.first().copied().context("no ranks")?;
+    // Every rank still holds its state: measure the process now.
+    let rss = resident_bytes().saturating_sub(rss_before) / world;
+    Ok(Measured {
+        step_s: median(steps),
+        exposed_s: median(exposed),
+        optimizer_s: median(optimizer),
+        bytes: m.params + m.grads + m.optimizer,
+        buffers: m.buffers,
+        acts: Activations::new(&config, a.batch, a.seq_len)?.bytes(),
+        rss,
+        loss,
+    })
 }
 
 /// Median step time of `shoal train --procs W --zero stage` on the bench model, after

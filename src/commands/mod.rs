@@ -4,6 +4,9 @@ pub mod cluster;
 pub mod convert;
 pub mod demo;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
+pub mod node;
 pub mod procs;
 pub mod ring_worker;
 pub mod train;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use shoal::launch::make_cluster;
-use shoal_actors::ranks::TRAIN_COMM_TIMEOUT;
+use shoal_actors::TRAIN_COMM_TIMEOUT;
 use shoal_actors::{NoopObserver, Trainer};
 use shoal_collectives::tls::NodeIdentity;
 use shoal_collectives::{CommConfig, Communicator, QuicNode, QuicOptions};
@@ -30,7 +30,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// that is alive but stuck, and for rank 0's evaluations and checkpoints.
 const QUIC_COMM_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn comm_config() -> CommConfig {
+/// The communicator settings of a rank process (here and in `shoal node`).
+pub fn comm_config() -> CommConfig {
     CommConfig {
         timeout: QUIC_COMM_TIMEOUT.min(TRAIN_COMM_TIMEOUT),
         ..CommConfig::default()

@@ -1,0 +1,373 @@
+//! The `Node` actor: one per process. It starts this process's [`Rank`]s (linked, so
+//! it supervises them), steps them together, and turns the failure of any rank into
+//! an abort of every local communicator, so no surviving rank waits out a
+//! collective's deadline on a peer that is gone.
+//!
+//! [`Node`] is the synchronous handle a trainer, a benchmark or a user's program
+//! holds: it owns the tokio runtime the actors run on.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ractor::concurrency::{OneshotReceiver, oneshot};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use shoal_collectives::{AbortHandle, Communicator, shard_range};
+use shoal_kernels::DecaySpan;
+use shoal_models::Gpt;
+
+use crate::error::{Result, TrainError};
+use crate::feeder::{FeedPlan, Fill};
+use crate::rank::{Rank, RankArgs, RankMsg};
+use crate::replicas::Replicas;
+use crate::shard::ShardMsg;
+use crate::step::StepHyper;
+use crate::zero::{MemoryReport, ZeroOutcome, ZeroShard, ZeroStage, buckets};
+
+/// What every rank of a run shares.
+#[derive(Clone)]
+pub struct NodeSpec {
+    /// The model.
+    pub model: Gpt,
+    /// Its weight-decay spans.
+    pub spans: Vec<DecaySpan>,
+    /// The ZeRO stage.
+    pub stage: ZeroStage,
+    /// Gradient bucket size in elements (stage 3 always uses one bucket per part).
+    pub bucket_elems: usize,
+    /// Global batch: sequences per micro-batch over all ranks.
+    pub batch: usize,
+    /// Micro-batches per step.
+    pub accum: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Compute threads per rank.
+    pub threads_per_rank: usize,
+    /// The data: tokens and targets of a global sample index.
+    pub fill: Fill,
+}
+
+/// The training state a node starts from, in the full layout (each rank takes its
+/// pieces; a checkpoint of any world size works).
+pub struct StartState<'a> {
+    /// Parameters.
+    pub params: &'a [f32],
+    /// AdamW first moments.
+    pub adam_m: &'a [f32],
+    /// AdamW second moments.
+    pub adam_v: &'a [f32],
+}
+
+/// Messages of the [`NodeActor`].
+pub enum NodeMsg {
+    /// Every local rank takes step `step`.
+    Step {
+        /// The step (0-based: the step being taken).
+        step: u64,
+        /// Its hyper-parameters.
+        hp: StepHyper,
+        /// Each local rank's outcome, in rank order.
+        reply: RpcReplyPort<Result<Vec<ZeroOutcome>>>,
+    },
+    /// The first local rank's full-layout parameters (every local rank joins the
+    /// gather at stage 3).
+    Params(RpcReplyPort<Result<Vec<f32>>>),
+    /// The first local rank's full-layout AdamW moments (every local rank joins).
+    GatherMoments(RpcReplyPort<Result<(Vec<f32>, Vec<f32>)>>),
+    /// What each local rank holds.
+    Memory(RpcReplyPort<Vec<MemoryReport>>),
+}
+
+/// Supervises this process's ranks (see the module documentation).
+pub struct NodeActor;
+
+/// The node's state.
+pub struct NodeState {
+    ranks: Vec<ActorRef<RankMsg>>,
+    aborts: Vec<AbortHandle>,
+    /// Why a rank stopped, once one has.
+    failed: Option<String>,
+}
+
+fn gone(actor: &'static str, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Actor {
+        actor,
+        reason: e.to_string(),
+    }
+}
+
+impl NodeState {
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(gone("Rank", why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends every rank a message built by `msg` and collects the answers in order.
+    async fn ask_all<T: Send + 'static>(
+        &self,
+        msg: impl Fn(RpcReplyPort<T>) -> RankMsg,
+    ) -> Result<Vec<T>> {
+        let mut waiting: Vec<OneshotReceiver<T>> = Vec::new();
+        for rank in &self.ranks {
+            let (tx, rx) = oneshot();
+            rank.cast(msg(tx.into())).map_err(|e| gone("Rank", e))?;
+            waiting.push(rx);
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(rx.await.map_err(|e| gone("Rank", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The first rank's answer of a collective every local rank joins.
+    async fn first<T: Send + 'static>(
+        &self,
+        msg: impl Fn(RpcReplyPort<Result<T>>) -> ShardMsg,
+    ) -> Result<T> {
+        self.check()?;
+        let answers = self.ask_all(|reply| RankMsg::Shard(msg(reply))).await?;
+        let mut first = None;
+        for a in answers {
+            let a = a?;
+            first.get_or_insert(a);
+        }
+        first.ok_or_else(|| gone("Node", "no ranks"))
+    }
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = Vec<RankArgs>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        ranks: Vec<RankArgs>,
+    ) -> std::result::Result<NodeState, ActorProcessingErr> {
+        let aborts = ranks.iter().map(|r| r.comm.abort_handle()).collect();
+        let mut refs = Vec::new();
+        for args in ranks {
+            let name = format!("rank-{}-of-{}", args.comm.rank(), args.comm.world());
+            let (rank, _) = Actor::spawn_linked(Some(name), Rank, args, myself.get_cell()).await?;
+            refs.push(rank);
+        }
+        Ok(NodeState {
+            ranks: refs,
+            aborts,
+            failed: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Step { step, hp, reply } => {
+                let out = match state.check() {
+                    Ok(()) => state
+                        .ask_all(|reply| RankMsg::Step { step, hp, reply })
+                        .await
+                        .and_then(|v| v.into_iter().collect()),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(out);
+            }
+            NodeMsg::Params(reply) => {
+                let _ = reply.send(state.first(ShardMsg::Params).await);
+            }
+            NodeMsg::GatherMoments(reply) => {
+                let _ = reply.send(state.first(ShardMsg::GatherMoments).await);
+            }
+            NodeMsg::Memory(reply) => {
+                let m = state
+                    .ask_all(|reply| RankMsg::Shard(ShardMsg::Memory(reply)))
+                    .await;
+                let _ = reply.send(m.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        _: &mut NodeState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        // Linked children outlive their supervisor unless stopped.
+        myself
+            .stop_children_and_wait(None, Some(std::time::Duration::from_secs(60)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<NodeMsg>,
+        event: SupervisionEvent,
+        state: &mut NodeState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let why = match event {
+            SupervisionEvent::ActorFailed(who, why) => format!("{} failed: {why}", who.get_id()),
+            SupervisionEvent::ActorTerminated(who, _, why) => {
+                format!("{} stopped: {}", who.get_id(), why.unwrap_or_default())
+            }
+            _ => return Ok(()),
+        };
+        // Wake every local collective at once: the others' steps fail promptly
+        // instead of waiting for a peer that is gone.
+        for abort in &state.aborts {
+            abort.abort(None);
+        }
+        state.failed.get_or_insert(why);
+        Ok(())
+    }
+}
+
+/// A running node: this process's ranks as actors, and the runtime they run on.
+pub struct Node {
+    runtime: tokio::runtime::Runtime,
+    actor: ActorRef<NodeMsg>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    stage: ZeroStage,
+}
+
+impl Node {
+    /// Starts one rank per communicator in `comms` (this process's ranks of one
+    /// ring), each taking its pieces of `start`.
+    pub fn start(spec: &NodeSpec, comms: Vec<Communicator>, start: StartState<'_>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shoal-actors")
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::io("tokio runtime", e))?;
+        let model = Arc::new(spec.model.clone());
+        let bucket_elems = if spec.stage.shards_parameters() {
+            1
+        } else {
+            spec.bucket_elems
+        };
+        let buckets = buckets(&model, bucket_elems);
+        let ranks = comms
+            .into_iter()
+            .map(|comm| rank_args(spec, &model, &buckets, comm, &start))
+            .collect::<Result<Vec<_>>>()?;
+        let (actor, handle) = runtime
+            .block_on(Actor::spawn(None, NodeActor, ranks))
+            .map_err(|e| gone("Node", e))?;
+        Ok(Self {
+            runtime,
+            actor,
+            handle: Some(handle),
+            stage: spec.stage,
+        })
+    }
+
+    /// The stage the node runs.
+    pub fn stage(&self) -> ZeroStage {
+        self.stage
+    }
+
+    fn ask<T: Send + 'static>(&self, msg: impl FnOnce(RpcReplyPort<T>) -> NodeMsg) -> Result<T> {
+        let (tx, rx) = oneshot();
+        self.actor
+            .cast(msg(tx.into()))
+            .map_err(|e| gone("Node", e))?;
+        self.runtime.block_on(rx).map_err(|e| gone("Node", e))
+    }
+
+    /// Every local rank takes step `step` (0-based) with `hp`; the outcomes in rank
+    /// order.
+    pub fn step(&self, step: u64, hp: StepHyper) -> Result<Vec<ZeroOutcome>> {
+        self.ask(|reply| NodeMsg::Step { step, hp, reply })?
+    }
+
+    /// The full-layout parameters (a collective at stage 3: every process of the ring
+    /// must ask at the same step).
+    pub fn params(&self) -> Result<Vec<f32>> {
+        self.ask(NodeMsg::Params)?
+    }
+
+    /// The full-layout AdamW moments (a collective: every process of the ring must
+    /// ask at the same step).
+    pub fn gather_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.ask(NodeMsg::GatherMoments)?
+    }
+
+    /// What each local rank holds.
+    pub fn memory(&self) -> Result<Vec<MemoryReport>> {
+        self.ask(NodeMsg::Memory)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+        if let Some(handle) = self.handle.take() {
+            let _ = self.runtime.block_on(handle);
+        }
+    }
+}
+
+/// A rank's start: its rows, its compute, its pieces.
+fn rank_args(
+    spec: &NodeSpec,
+    model: &Arc<Gpt>,
+    buckets: &[Range<usize>],
+    comm: Communicator,
+    start: &StartState<'_>,
+) -> Result<RankArgs> {
+    let (world, rank) = (comm.world(), comm.rank());
+    let rows = shard_range(spec.batch, world, rank);
+    // At stages 2 and 3 a rank without rows computes on a placeholder row, so that
+    // its gathers and reductions come in the same order as everyone's.
+    let placeholder_rows = usize::from(spec.stage.shards_gradients());
+    let compute_rows = rows.len().max(placeholder_rows);
+    // Sharded gradients go through one model replica per rank.
+    let replicas = if spec.stage.shards_gradients() {
+        1
+    } else {
+        spec.threads_per_rank
+    };
+    let compute = (compute_rows > 0)
+        .then(|| {
+            Replicas::with_replicas(
+                &model.config,
+                compute_rows,
+                spec.seq_len,
+                spec.threads_per_rank,
+                replicas,
+            )
+        })
+        .transpose()?;
+    let mut zero = ZeroShard::new(spec.stage, buckets.to_vec(), rank, world);
+    zero.load_moments(start.adam_m, start.adam_v);
+    zero.load_params(start.params);
+    let params = if spec.stage.shards_parameters() {
+        Vec::new()
+    } else {
+        start.params.to_vec()
+    };
+    Ok(RankArgs {
+        model: model.clone(),
+        comm,
+        compute,
+        zero,
+        params,
+        spans: spec.spans.clone(),
+        plan: FeedPlan {
+            batch: spec.batch,
+            accum: spec.accum,
+            seq_len: spec.seq_len,
+            rows,
+            placeholder_rows,
+        },
+        fill: spec.fill.clone(),
+    })
+}

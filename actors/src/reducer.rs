@@ -1,0 +1,134 @@
+//! The `GradientReducer` actor: owns its rank's [`Communicator`] and runs every
+//! collective of the rank on the ring, in the order the requests arrive.
+//!
+//! Its main traffic is gradient buckets, cast by the rank's backward pass as soon as
+//! each is final: the reducer starts the bucket's reduction (all-reduce at ZeRO stages
+//! 0 and 1, reduce-scatter at 2 and 3) and backward goes on; the reduced bucket goes
+//! to the rank's [`crate::shard::ParameterShard`], which keeps its piece. Every other
+//! collective (stage-3 parameter gathers, the norm, the parameter all-gather) comes
+//! as a [`ReducerMsg::Run`] with a reply port.
+//!
+//! Ordering is what keeps a ring correct: every rank must issue the same collectives
+//! in the same order. Each rank has one client of its reducer at a time (the rank's
+//! compute thread during forward and backward, then the parameter shard during the
+//! update), so a mailbox in arrival order is issue order.
+
+use std::ops::Range;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use shoal_collectives::{CollectiveError, CommStats, Communicator, Pending, ReduceOp};
+
+use crate::shard::ShardMsg;
+
+/// A collective on an owned buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// All-reduce the whole buffer.
+    AllReduce(ReduceOp),
+    /// Reduce so that this rank's shard of the buffer holds the result.
+    ReduceScatter(ReduceOp),
+    /// Fill every shard of the buffer with its owner's values.
+    AllGather,
+    /// All-gather each range of the buffer in turn.
+    AllGatherRanges(Vec<Range<usize>>),
+}
+
+/// What a collective gives back: the buffer, reduced or gathered.
+pub type Reply = Result<Vec<f32>, CollectiveError>;
+
+/// Messages of the [`GradientReducer`].
+pub enum ReducerMsg {
+    /// Gradient bucket `index` (of the shard's buckets) is final for this
+    /// micro-batch: reduce it and hand the result to the parameter shard.
+    Bucket {
+        /// The bucket's index.
+        index: usize,
+        /// Its gradient.
+        buf: Vec<f32>,
+        /// Reduce-scatter (sharded gradients) or all-reduce.
+        scatter: bool,
+    },
+    /// Any collective, answered on `reply`.
+    Run {
+        /// The collective.
+        op: Op,
+        /// Its buffer.
+        buf: Vec<f32>,
+        /// Where the result goes.
+        reply: RpcReplyPort<Reply>,
+    },
+    /// Bytes moved and time spent so far.
+    Stats(RpcReplyPort<CommStats>),
+}
+
+/// Runs a rank's collectives (see the module documentation).
+pub struct GradientReducer;
+
+/// The reducer's state: the communicator and where reduced buckets go.
+pub struct ReducerState {
+    comm: Communicator,
+    shard: ActorRef<ShardMsg>,
+}
+
+fn start(comm: &mut Communicator, op: Op, buf: Vec<f32>) -> Pending<Vec<f32>> {
+    match op {
+        Op::AllReduce(r) => comm.all_reduce_async(buf, r),
+        Op::ReduceScatter(r) => comm.reduce_scatter_async(buf, r),
+        Op::AllGather => comm.all_gather_async(buf),
+        Op::AllGatherRanges(ranges) => comm.all_gather_ranges_async(buf, ranges),
+    }
+}
+
+/// Waits for `pending` off the actor's task and passes the result to `then`.
+fn when_done(pending: Pending<Vec<f32>>, then: impl FnOnce(Reply) + Send + 'static) {
+    tokio::task::spawn_blocking(move || then(pending.wait()));
+}
+
+impl Actor for GradientReducer {
+    type Msg = ReducerMsg;
+    type State = ReducerState;
+    type Arguments = (Communicator, ActorRef<ShardMsg>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ReducerMsg>,
+        (comm, shard): (Communicator, ActorRef<ShardMsg>),
+    ) -> Result<ReducerState, ActorProcessingErr> {
+        Ok(ReducerState { comm, shard })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ReducerMsg>,
+        msg: ReducerMsg,
+        state: &mut ReducerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ReducerMsg::Bucket {
+                index,
+                buf,
+                scatter,
+            } => {
+                let op = if scatter {
+                    Op::ReduceScatter(ReduceOp::Sum)
+                } else {
+                    Op::AllReduce(ReduceOp::Sum)
+                };
+                let shard = state.shard.clone();
+                when_done(start(&mut state.comm, op, buf), move |result| {
+                    // A stopped shard means the rank is shutting down.
+                    let _ = shard.cast(ShardMsg::Reduced { index, result });
+                });
+            }
+            ReducerMsg::Run { op, buf, reply } => {
+                when_done(start(&mut state.comm, op, buf), move |result| {
+                    let _ = reply.send(result);
+                });
+            }
+            ReducerMsg::Stats(reply) => {
+                let _ = reply.send(state.comm.stats());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The trainer's data-parallel runs: this process's ranks as the actors of a
+//! [`Node`], in-process (`ranks` > 1) or as one rank of a multi-process ring
+//! ([`Trainer::attach`]).
+//!
+//! Rank 0's trainer does everything a single-process run does besides (metrics,
+//! evaluation, checkpoints), with the full parameters fetched from the ranks only
+//! after the steps that evaluate or checkpoint (gathered from every rank at stage 3);
+//! the other processes only step, and join those gathers. Checkpoints keep the
+//! single-process format and resume at any world size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_collectives::{CommConfig, Communicator, LocalHub};
+
+use super::{RunSummary, TrainObserver, Trainer};
+use crate::config::TrainConfig;
+use crate::error::Result;
+use crate::feeder::Fill;
+use crate::metrics::StepStats;
+use crate::node::{Node, NodeSpec, StartState};
+use crate::zero::ZeroStage;
+
+/// Gradient bucket size: PyTorch DDP's default of 25 MiB.
+const BUCKET_BYTES: usize = 25 << 20;
+
+/// Deadline of the training collectives. A rank that dies is seen at once (its
+/// links close, or QUIC's idle timeout fires); the long deadline covers rank 0
+/// evaluating or writing a checkpoint while the others wait in the next step's
+/// first collective.
+pub const TRAIN_COMM_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `ranks` in-process communicators for training.
+pub(super) fn local_comms(ranks: usize) -> Result<Vec<Communicator>> {
+    let config = CommConfig {
+        timeout: TRAIN_COMM_TIMEOUT,
+        ..CommConfig::default()
+    };
+    Ok(LocalHub::new().group(ranks, config)?)
+}
+
+/// Whether the trainer evaluates or writes a checkpoint after `step`, so that the
+/// ranks must hand over (at stage 3: gather) the full parameters. Every process
+/// decides alike.
+fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
+    // The last step always writes a checkpoint.
+    let every = |k: u64| k > 0 && step.is_multiple_of(k);
+    step == c.max_steps || every(c.eval_every) || every(c.checkpoint_every)
+}
+
+impl Trainer {
+    /// Starts this process's ranks of the ring(s) of `comms`; the optimizer state
+    /// moves into their shards.
+    fn start_node(&mut self, comms: Vec<Communicator>) -> Result<Node> {
+        let c = &self.config;
+        let world = comms.first().map_or(1, Communicator::world);
+        let (mixture, seed, t) = (self.data.mixture.clone(), c.seed, c.seq_len);
+        let fill: Fill = Arc::new(move |index, x, y| {
+            mixture.sample(seed, index, t, x, y)?;
+            Ok(())
+        });
+        let spec = NodeSpec {
+            model: self.model.clone(),
+            spans: self.spans.clone(),
+            stage: ZeroStage::from_number(c.zero)?,
+            bucket_elems: BUCKET_BYTES / 4,
+            batch: c.batch_size,
+            accum: c.grad_accum,
+            seq_len: t,
+            threads_per_rank: (c.resolved_threads() / world).max(1),
+            fill,
+        };
+        let s = &self.state;
+        let start = StartState {
+            params: &s.params,
+            adam_m: &s.adam_m,
+            adam_v: &s.adam_v,
+        };
+        let node = Node::start(&spec, comms, start)?;
+        self.state.adam_m = Vec::new();
+        self.state.adam_v = Vec::new();
+        self.state.grads = Vec::new();
+        Ok(node)
+    }
+
+    /// [`Trainer::run`] as rank 0 of `comms` (this process's ranks, rank 0 first).
+    pub(super) fn run_ranks(
+        &mut self,
+        observer: &mut dyn TrainObserver,
+        comms: Vec<Communicator>,
+    ) -> Result<RunSummary> {
+        let node = self.start_node(comms)?;
+        self.run_loop(
+            observer,
+            &mut |t| {
+                let start = Instant::now();
+                let step = t.state.step;
+                let hp = t.hyper(step);
+                // The parameters live in the ranks; this copy is for evaluation only.
+                t.state.params = Vec::new();
+                let outs = node.step(step, hp)?;
+                t.state.step += 1;
+                if needs_params_after(&t.config, t.state.step) {
+                    t.state.params = node.params()?;
+                }
+                let tokens = t.config.tokens_per_step();
+                t.tokens_seen += tokens;
+                let out = &outs[0];
+                Ok(StepStats {
+                    step: t.state.step,
+                    loss: out.loss,
+                    lr: hp.lr,
+                    grad_norm: out.grad_norm,
+                    tokens,
+                    seconds: start.elapsed().as_secs_f64(),
+                })
+            },
+            &mut |t| {
+                let (m, v) = node.gather_moments()?;
+                let mut ckpt = t.checkpoint();
+                ckpt.adam_m = m;
+                ckpt.adam_v = v;
+                Ok(ckpt)
+            },
+        )
+    }
+
+    /// Takes this process's part in the steps of a ring whose rank 0 is elsewhere:
+    /// the steps, and the parameter and moment gathers of rank 0's evaluations and
+    /// checkpoints.
+    pub(super) fn follow(&mut self, comm: Communicator) -> Result<RunSummary> {
+        let start = Instant::now();
+        let node = self.start_node(vec![comm])?;
+        self.state.params = Vec::new();
+        let (first, max, every) = (
+            self.state.step,
+            self.config.max_steps,
+            self.config.checkpoint_every,
+        );
+        for step in first..max {
+            node.step(step, self.hyper(step))?;
+            let s = step + 1;
+            if needs_params_after(&self.config, s) {
+                node.params()?;
+            }
+            if (every > 0 && s.is_multiple_of(every)) || s == max {
+                node.gather_moments()?;
+            }
+        }
+        self.state.step = max.max(first);
+        Ok(RunSummary {
+            step: self.state.step,
+            last_step: None,
+            last_eval: None,
+            checkpoint: None,
+            metrics: self.config.out_dir.join("metrics.jsonl"),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
