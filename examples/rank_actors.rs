@@ -49,8 +49,7 @@ impl Actor for Coach {
         let aborts = args.iter().map(|a| a.comm.abort_handle()).collect();
         let mut ranks = Vec::new();
         for a in args {
-            let name = format!("rank-{}", a.comm.rank());
-            let (rank, _) = Actor::spawn_linked(Some(name), Rank, a, myself.get_cell()).await?;
+            let (rank, _) = Actor::spawn_linked(None, Rank, a, myself.get_cell()).await?;
             ranks.push(rank);
         }
         myself.cast(Next)?;

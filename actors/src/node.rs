@@ -150,8 +150,9 @@ impl Actor for NodeActor {
         let aborts = ranks.iter().map(|r| r.comm.abort_handle()).collect();
         let mut refs = Vec::new();
         for args in ranks {
-            let name = format!("rank-{}-of-{}", args.comm.rank(), args.comm.world());
-            let (rank, _) = Actor::spawn_linked(Some(name), Rank, args, myself.get_cell()).await?;
+            // Unnamed: ractor's registry is process-wide, and a process may run
+            // several nodes (two groups, or tests side by side).
+            let (rank, _) = Actor::spawn_linked(None, Rank, args, myself.get_cell()).await?;
             refs.push(rank);
         }
         Ok(NodeState {

@@ -306,7 +306,6 @@ impl Actor for Rank {
         myself: ActorRef<RankMsg>,
         args: RankArgs,
     ) -> std::result::Result<RankState, ActorProcessingErr> {
-        let (world, rank) = (args.comm.world(), args.comm.rank());
         let stage = args.zero.stage;
         let buckets = args.zero.buckets.clone();
         let index = part_index(&args.model, &buckets, stage.shards_parameters())?;
@@ -322,7 +321,6 @@ impl Actor for Rank {
         });
         let weight = args.plan.rows.len() as f32 / args.plan.batch as f32;
         let cell = myself.get_cell();
-        let name = |what: &str| Some(format!("{what}-{rank}-of-{world}"));
         let shard_args = ShardArgs {
             zero: args.zero,
             shared: shared.clone(),
@@ -330,15 +328,13 @@ impl Actor for Rank {
             len,
         };
         let (shard, _) =
-            Actor::spawn_linked(name("shard"), ParameterShard, shard_args, cell.clone()).await?;
+            Actor::spawn_linked(None, ParameterShard, shard_args, cell.clone()).await?;
         let reducer_args = (args.comm, shard.clone());
         let (reducer, _) =
-            Actor::spawn_linked(name("reducer"), GradientReducer, reducer_args, cell.clone())
-                .await?;
+            Actor::spawn_linked(None, GradientReducer, reducer_args, cell.clone()).await?;
         shard.cast(ShardMsg::Connect(reducer.clone()))?;
         let feeder_args = (args.plan, args.fill);
-        let (feeder, _) =
-            Actor::spawn_linked(name("feeder"), DataFeeder, feeder_args, cell).await?;
+        let (feeder, _) = Actor::spawn_linked(None, DataFeeder, feeder_args, cell).await?;
         Ok(RankState {
             worker: Some(Worker {
                 model: args.model,

@@ -1,15 +1,17 @@
-//! ZeRO stages 0 to 3 on W = 1..5 in-process ranks (at W = 5 one rank has no rows)
-//! against the single-rank trainer step on the same global batch: per-step losses
-//! within 1e-5 relative, final parameters within 1e-5 of their norm, the same global
-//! sample indices.
+//! ZeRO stages 0 to 3, the ranks as actors of one node, on W = 1..5 in-process ranks
+//! (at W = 5 one rank has no rows) and W = 2, 3 over QUIC, against the single-rank
+//! trainer step on the same global batch: per-step losses within 1e-5 relative, final
+//! parameters within 1e-5 of their norm, the same global sample indices.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_actors::{
     Fill, MemoryReport, Node, NodeSpec, Replicas, StartState, StepHyper, TrainState, ZeroShard,
     ZeroStage, buckets, train_step,
 };
-use shoal_collectives::{CommConfig, LocalHub};
+use shoal_collectives::tls::ClusterCa;
+use shoal_collectives::{CommConfig, Communicator, LocalHub, QuicNode, QuicOptions};
 use shoal_models::{Gpt, GptConfig};
 
 const BATCH: usize = 4;
@@ -89,7 +91,9 @@ fn single_rank() -> Run {
     }
 }
 
-fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> {
+/// The ranks of `comms` (one ring) as actors of one node, under `stage`.
+fn distributed(comms: Vec<Communicator>, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> {
+    let world = comms.len();
     let model = Gpt::new(config()).unwrap();
     let params = model.init_params(7);
     let zeros = vec![0.0; params.len()];
@@ -108,8 +112,6 @@ fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> 
         threads_per_rank: 1,
         fill,
     };
-    // The ranks as actors of one node, over the in-process ring.
-    let comms = LocalHub::new().group(world, CommConfig::default()).unwrap();
     let start = StartState {
         params: &params,
         adam_m: &zeros,
@@ -138,6 +140,45 @@ fn distributed(world: usize, stage: ZeroStage, bucket_elems: usize) -> Vec<Run> 
         .collect()
 }
 
+const STAGES: [ZeroStage; 4] = [
+    ZeroStage::Replicated,
+    ZeroStage::OptimizerSharded,
+    ZeroStage::GradientsSharded,
+    ZeroStage::ParametersSharded,
+];
+
+/// Every rank's losses within 1e-5 relative of the reference's, the parameters within
+/// 1e-5 of their norm, and the same samples consumed at every step.
+fn assert_matches(reference: &Run, runs: &[Run], what: &str) {
+    let norm = reference
+        .params
+        .iter()
+        .map(|x| (x * x) as f64)
+        .sum::<f64>()
+        .sqrt();
+    for (rank, run) in runs.iter().enumerate() {
+        let what = format!("{what} rank {rank}");
+        for (step, (a, b)) in run.losses.iter().zip(&reference.losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs(),
+                "{what} step {step}: {a} vs {b}"
+            );
+        }
+        let diff = run
+            .params
+            .iter()
+            .zip(&reference.params)
+            .map(|(a, b)| ((a - b) * (a - b)) as f64)
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm,
+            "{what}: parameters differ by {diff} (norm {norm})"
+        );
+        assert_eq!(run.indices, reference.indices, "{what}: samples consumed");
+    }
+}
+
 #[test]
 fn zero_stages_match_the_single_rank_step() {
     let reference = single_rank();
@@ -145,19 +186,7 @@ fn zero_stages_match_the_single_rank_step() {
         reference.losses[STEPS - 1] < reference.losses[0],
         "the model learns"
     );
-    let norm = reference
-        .params
-        .iter()
-        .map(|x| (x * x) as f64)
-        .sum::<f64>()
-        .sqrt();
-    let stages = [
-        ZeroStage::Replicated,
-        ZeroStage::OptimizerSharded,
-        ZeroStage::GradientsSharded,
-        ZeroStage::ParametersSharded,
-    ];
-    for stage in stages {
+    for stage in STAGES {
         // Many small buckets (reduced while backward runs) and one bucket of everything.
         for (world, bucket) in [
             (1, 1000),
@@ -167,27 +196,49 @@ fn zero_stages_match_the_single_rank_step() {
             (3, usize::MAX),
             (5, 1000),
         ] {
-            for (rank, run) in distributed(world, stage, bucket).iter().enumerate() {
-                let what = format!("{stage:?} world {world} bucket {bucket} rank {rank}");
-                for (step, (a, b)) in run.losses.iter().zip(&reference.losses).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * b.abs(),
-                        "{what} step {step}: {a} vs {b}"
-                    );
-                }
-                let diff = run
-                    .params
+            let comms = LocalHub::new().group(world, CommConfig::default()).unwrap();
+            let runs = distributed(comms, stage, bucket);
+            assert_matches(
+                &reference,
+                &runs,
+                &format!("{stage:?} world {world} bucket {bucket}"),
+            );
+        }
+    }
+}
+
+/// The same over QUIC: each rank its own endpoint and certificate of one cluster CA.
+#[test]
+fn zero_stages_over_quic_match_the_single_rank_step() {
+    let reference = single_rank();
+    let ca = ClusterCa::generate("zero-test").unwrap();
+    for world in [2, 3] {
+        let nodes: Vec<QuicNode> = (0..world)
+            .map(|i| {
+                let id = ca.issue(&format!("node-{i}")).unwrap();
+                let any = "127.0.0.1:0".parse().unwrap();
+                QuicNode::bind(any, &id, QuicOptions::default()).unwrap()
+            })
+            .collect();
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr().unwrap()).collect();
+        for (generation, stage) in STAGES.into_iter().enumerate() {
+            let comms = std::thread::scope(|s| {
+                let forming: Vec<_> = nodes
                     .iter()
-                    .zip(&reference.params)
-                    .map(|(a, b)| ((a - b) * (a - b)) as f64)
-                    .sum::<f64>()
-                    .sqrt();
-                assert!(
-                    diff <= 1e-5 * norm,
-                    "{what}: parameters differ by {diff} (norm {norm})"
-                );
-                assert_eq!(run.indices, reference.indices, "{what}: samples consumed");
-            }
+                    .enumerate()
+                    .map(|(rank, node)| {
+                        let addrs = &addrs;
+                        let g = generation as u64;
+                        s.spawn(move || node.communicator(g, addrs, rank, CommConfig::default()))
+                    })
+                    .collect();
+                forming
+                    .into_iter()
+                    .map(|h| h.join().unwrap().unwrap())
+                    .collect()
+            });
+            let runs = distributed(comms, stage, 1000);
+            assert_matches(&reference, &runs, &format!("QUIC {stage:?} world {world}"));
         }
     }
 }
