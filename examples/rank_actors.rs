@@ -114,10 +114,7 @@ impl Actor for Coach {
         myself: ActorRef<Next>,
         _: &mut CoachState,
     ) -> Result<(), ActorProcessingErr> {
-        // Linked children outlive their supervisor unless stopped.
-        myself
-            .stop_children_and_wait(None, Some(std::time::Duration::from_secs(60)))
-            .await;
+        shoal::actors::stop_children(&myself).await;
         Ok(())
     }
 

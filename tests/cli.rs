@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
+use common::losses;
 use shoal::actors::{Checkpoint, STATE_FILE};
 
 fn shoal(args: &[&str], cwd: &Path) -> Output {
@@ -333,19 +336,6 @@ fn cluster_ca_and_node_certificates() {
         &shoal(&["cluster", "issue", ca_arg, "--node", "b"], tmp.path()),
         &["ca.key"],
     );
-}
-
-fn losses(path: &Path) -> Vec<f64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"loss\""))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
 }
 
 /// Data-parallel ranks under ZeRO 1, 2 and 3, as threads and as processes over QUIC,

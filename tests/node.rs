@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::losses;
 use shoal::actors::Checkpoint;
 
 /// A tiny run: three steps, one row of the batch per rank of three.
@@ -142,19 +145,6 @@ fn cluster(dir: &Path, ca: &str, names: &[&str]) {
             dir,
         );
     }
-}
-
-fn losses(path: &Path) -> Vec<f64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"loss\""))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
 }
 
 /// One listener and two joiners (which have nothing but their certificates) train

@@ -41,7 +41,7 @@ pub use config::{DataSpec, ModelSpec, TrainConfig};
 pub use error::{Result, TrainError};
 pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
 pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};
-pub use node::{Node, NodeActor, NodeSpec, StartState};
+pub use node::{Node, NodeActor, NodeSpec, StartState, stop_children};
 pub use rank::Rank;
 pub use reducer::GradientReducer;
 pub use replicas::Replicas;

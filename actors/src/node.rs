@@ -200,10 +200,7 @@ impl Actor for NodeActor {
         myself: ActorRef<NodeMsg>,
         _: &mut NodeState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        // Linked children outlive their supervisor unless stopped.
-        myself
-            .stop_children_and_wait(None, Some(std::time::Duration::from_secs(60)))
-            .await;
+        stop_children(&myself).await;
         Ok(())
     }
 
@@ -228,6 +225,15 @@ impl Actor for NodeActor {
         state.failed.get_or_insert(why);
         Ok(())
     }
+}
+
+/// Stops the actors linked to `supervisor` and waits for them (up to a minute
+/// each): ractor leaves linked children running when their supervisor stops, so
+/// an actor that starts children calls this from its `post_stop`.
+pub async fn stop_children(supervisor: &ractor::ActorCell) {
+    supervisor
+        .stop_children_and_wait(None, Some(std::time::Duration::from_secs(60)))
+        .await;
 }
 
 /// A running node: this process's ranks as actors, and the runtime they run on.

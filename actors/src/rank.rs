@@ -376,10 +376,7 @@ impl Actor for Rank {
         myself: ActorRef<RankMsg>,
         _: &mut RankState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        // Linked children outlive their supervisor unless stopped.
-        myself
-            .stop_children_and_wait(None, Some(std::time::Duration::from_secs(60)))
-            .await;
+        crate::node::stop_children(&myself).await;
         Ok(())
     }
 

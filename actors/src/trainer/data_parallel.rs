@@ -48,6 +48,23 @@ fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
     step == c.max_steps || every(c.eval_every) || every(c.checkpoint_every)
 }
 
+/// Logs what each local rank holds, after its first step (when the communication
+/// buffers have been measured).
+fn log_memory(node: &Node) -> Result<()> {
+    let mib = |b: usize| b as f64 / 1048576.0;
+    for (i, m) in node.memory()?.iter().enumerate() {
+        tracing::info!(
+            "local rank {i} holds {:.1} MiB: parameters {:.1}, gradients {:.1}, AdamW {:.1}, communication buffers {:.1} (most at once)",
+            mib(m.total()),
+            mib(m.params),
+            mib(m.grads),
+            mib(m.optimizer),
+            mib(m.buffers)
+        );
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// Starts this process's ranks of the ring(s) of `comms`; the optimizer state
     /// moves into their shards.
@@ -90,6 +107,7 @@ impl Trainer {
         comms: Vec<Communicator>,
     ) -> Result<RunSummary> {
         let node = self.start_node(comms)?;
+        let first = self.state.step;
         self.run_loop(
             observer,
             &mut |t| {
@@ -99,6 +117,9 @@ impl Trainer {
                 // The parameters live in the ranks; this copy is for evaluation only.
                 t.state.params = Vec::new();
                 let outs = node.step(step, hp)?;
+                if step == first {
+                    log_memory(&node)?;
+                }
                 t.state.step += 1;
                 if needs_params_after(&t.config, t.state.step) {
                     t.state.params = node.params()?;
@@ -139,6 +160,9 @@ impl Trainer {
         );
         for step in first..max {
             node.step(step, self.hyper(step))?;
+            if step == first {
+                log_memory(&node)?;
+            }
             let s = step + 1;
             if needs_params_after(&self.config, s) {
                 node.params()?;
