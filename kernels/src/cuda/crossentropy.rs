@@ -1,0 +1,86 @@
+//! Fused softmax + cross-entropy on the GPU (`kernels/cuda/crossentropy.cu`);
+//! the CPU version is [`crate::crossentropy`].
+//!
+//! Dimension legend: N rows (B*T), V vocabulary size. A target outside `0..V`
+//! (which the CPU kernel rejects with a panic) gives a NaN loss and NaN
+//! gradients for its row.
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::compile::CROSSENTROPY;
+use super::{Arg, CudaError, Gpu, dim};
+
+/// Threads per row (one block per row).
+const THREADS: u32 = 512;
+
+/// One block per row.
+fn rows_config(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// GPU [`crate::crossentropy_forward`]: `lse[i] = log Σ_j exp(logits[i, j])` and
+/// `losses[i] = lse[i] - logits[i, targets[i]]`.
+pub fn crossentropy_forward(
+    gpu: &Gpu,
+    losses: &mut impl DevicePtrMut<f32>,
+    lse: &mut impl DevicePtrMut<f32>,
+    logits: &impl DevicePtr<f32>,
+    targets: &impl DevicePtr<u32>,
+    n: usize,
+    v: usize,
+) -> Result<(), CudaError> {
+    assert_eq!(losses.len(), n);
+    assert_eq!(lse.len(), n);
+    assert_eq!(logits.len(), n * v);
+    assert_eq!(targets.len(), n);
+    if n == 0 {
+        return Ok(());
+    }
+    assert!(v > 0, "cross-entropy over an empty vocabulary");
+    let f = gpu.function(&CROSSENTROPY, None, "crossentropy_forward")?;
+    let args = [
+        gpu.output(losses),
+        gpu.output(lse),
+        gpu.input(logits),
+        gpu.input(targets),
+        dim(n),
+        dim(v),
+    ];
+    // SAFETY: the arguments match the kernel; the lengths are asserted above.
+    unsafe { gpu.launch(&f, rows_config(n), &args) }
+}
+
+/// GPU [`crate::crossentropy_backward_inplace`]: overwrites `logits` with
+/// `dloss · (softmax(logits) - onehot(targets))`, using the saved `lse`.
+pub fn crossentropy_backward_inplace(
+    gpu: &Gpu,
+    logits: &mut impl DevicePtrMut<f32>,
+    lse: &impl DevicePtr<f32>,
+    targets: &impl DevicePtr<u32>,
+    dloss: f32,
+    n: usize,
+    v: usize,
+) -> Result<(), CudaError> {
+    assert_eq!(logits.len(), n * v);
+    assert_eq!(lse.len(), n);
+    assert_eq!(targets.len(), n);
+    if n == 0 {
+        return Ok(());
+    }
+    assert!(v > 0, "cross-entropy over an empty vocabulary");
+    let f = gpu.function(&CROSSENTROPY, None, "crossentropy_backward_inplace")?;
+    let args = [
+        gpu.output(logits),
+        gpu.input(lse),
+        gpu.input(targets),
+        Arg::F32(dloss),
+        dim(n),
+        dim(v),
+    ];
+    // SAFETY: the arguments match the kernel; the lengths are asserted above.
+    unsafe { gpu.launch(&f, rows_config(n), &args) }
+}

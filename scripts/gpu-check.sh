@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU path's check on a machine with an NVIDIA GPU (made for an H200; ~3-4 min, under 5):
+#   1. `shoal gpu-check`: every GPU kernel against its CPU kernel (a PASS/FAIL table
+#      with errors and GPU times), then cuBLAS fp32/TF32/bf16 at 4096^3 against the
+#      H200's peaks;
+#   2. `shoal gpu-check --train`: the GPU training step against the CPU model
+#      (tiny preset), then GPT-2 124M steps timed with fp32, TF32 and bf16 products
+#      (tokens/s, MFU);
+#   3. scripts/torch_gpu_baseline.py: PyTorch GPT-2 124M tokens/s and MFU, eager and
+#      torch.compile (skipped when python3 has no torch).
+#
+# Usage: scripts/gpu-check.sh [SHOAL_BINARY]   (default target/release/shoal, built
+#        here with `cargo build --release --features cuda`; it needs no CUDA toolkit
+#        to build). Output goes to the terminal and, when $OUT is set, to
+#        $OUT/gpu-check.txt, $OUT/gpu-train.txt and $OUT/torch-baseline.txt. Exits
+#        nonzero if either gpu-check run failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release/shoal}
+if [[ ! -x $bin ]]; then
+    echo "no shoal binary at $bin: build it with cargo build --release --features cuda" >&2
+    exit 2
+fi
+
+# shoal loads libcuda, libnvrtc and libcublas at run time: add the usual folders
+# (the driver's, the CUDA toolkit's, and the nvidia-* pip packages next to torch).
+lib_dirs=(/usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+if command -v python3 >/dev/null; then
+    while IFS= read -r dir; do lib_dirs+=("$dir"); done < <(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib"))):
+        print(d)
+PY
+)
+fi
+for dir in "${lib_dirs[@]}"; do
+    [[ -d $dir ]] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"
+done
+export LD_LIBRARY_PATH
+
+log() {
+    if [[ -n ${OUT:-} ]]; then tee "$OUT/$1"; else cat; fi
+}
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+echo "== shoal gpu-check ($bin)"
+timeout 240 "$bin" gpu-check 2>&1 | log gpu-check.txt
+status=${PIPESTATUS[0]}
+echo "shoal gpu-check exited with $status"
+echo "== shoal gpu-check --train: the GPU step against the CPU model, then GPT-2 124M"
+timeout 180 "$bin" gpu-check --train --skip-kernels --gemm-size 0 2>&1 | log gpu-train.txt
+train_status=${PIPESTATUS[0]}
+echo "shoal gpu-check --train exited with $train_status"
+
+if python3 -c 'import torch' 2>/dev/null; then
+    echo "== PyTorch baseline"
+    PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_gpu_baseline.py --seconds 40 2>&1 \
+        | log torch-baseline.txt
+else
+    echo "== PyTorch baseline skipped: python3 has no torch"
+fi
+if [[ $status -eq 0 ]]; then status=$train_status; fi
+exit "$status"
