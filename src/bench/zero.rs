@@ -1,8 +1,8 @@
 //! `shoal bench zero`: data-parallel training steps per ZeRO stage, W ranks as
-//! actors of one node in this process (one compute thread each, in-process
-//! collectives), on the
-//! issue's 6-layer 384-wide model: step time, tokens/s, how much of the gradient
-//! reduction backward hid, and bytes per rank next to ZeRO's accounting. With
+//! actors of one node in this process (one compute thread each) over the in-process
+//! ring and, with `--quic`, over a QUIC ring on loopback, on the issue's 6-layer
+//! 384-wide model: step time, tokens/s, how much of the communication backward hid,
+//! and bytes per rank next to ZeRO's accounting and the process's resident memory. With
 //! `--torch-python`, PyTorch DDP / FSDP / FSDP2 over gloo run the same model, batch and
 //! processes (`torch_gpt_train.py`).
 
@@ -13,7 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use shoal_actors::{Fill, Node, NodeSpec, StartState, ZeroStage};
-use shoal_collectives::{CommConfig, LocalHub};
+use shoal_collectives::tls::ClusterCa;
+use shoal_collectives::{CommConfig, Communicator, LocalHub, QuicNode, QuicOptions};
 use shoal_models::{Activations, Gpt, GptConfig};
 
 use super::train::{PEER_HYPER, PeerShape, random_row, torch_peer_run};
@@ -42,7 +43,7 @@ pub struct BenchZeroArgs {
     /// Gradient bucket size in MiB (PyTorch DDP's default is 25).
     #[arg(long, default_value_t = 25.0)]
     pub bucket_mib: f64,
-    /// Also run the stages as processes over QUIC (`shoal train --procs`).
+    /// Also run the stages over a QUIC ring (loopback, mutual TLS).
     #[arg(long)]
     pub quic: bool,
     /// A Python with PyTorch: run DDP, FSDP and FSDP2 over gloo on the same model.
@@ -106,7 +107,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measured> {
+/// The ring the ranks train over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// In-process, zero copy.
+    Local,
+    /// QUIC over loopback, each rank its own endpoint and certificate.
+    Quic,
+}
+
+/// `world` communicators of one ring over `transport`, and the QUIC endpoints that
+/// must live as long as they do.
+fn ring(transport: Transport, world: usize) -> Result<(Vec<Communicator>, Vec<QuicNode>)> {
+    if transport == Transport::Local {
+        return Ok((LocalHub::new().group(world, CommConfig::default())?, vec![]));
+    }
+    let ca = ClusterCa::generate("bench")?;
+    let nodes = (0..world)
+        .map(|i| {
+            let id = ca.issue(&format!("node-{i}"))?;
+            let any = ([127, 0, 0, 1], 0).into();
+            Ok(QuicNode::bind(any, &id, QuicOptions::default())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let addrs = nodes
+        .iter()
+        .map(QuicNode::local_addr)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let comms = std::thread::scope(|s| {
+        let forming: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(rank, node)| {
+                let addrs = &addrs;
+                s.spawn(move || node.communicator(0, addrs, rank, CommConfig::default()))
+            })
+            .collect();
+        forming
+            .into_iter()
+            .map(|h| h.join().expect("forming thread"))
+            .collect::<std::result::Result<Vec<_>, _>>()
+    })?;
+    Ok((comms, nodes))
+}
+
+fn run_stage(
+    a: &BenchZeroArgs,
+    stage: ZeroStage,
+    world: usize,
+    transport: Transport,
+) -> Result<Measured> {
     let config = model_config(a.seq_len);
     let model = Gpt::new(config.clone())?;
     let params = model.init_params(1);
@@ -129,7 +179,7 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
         fill,
     };
     let rss_before = resident_bytes();
-    let comms = LocalHub::new().group(world, CommConfig::default())?;
+    let (comms, _endpoints) = ring(transport, world)?;
     let start = StartState {
         params: &params,
         adam_m: &zeros,
@@ -162,49 +212,6 @@ fn run_stage(a: &BenchZeroArgs, stage: ZeroStage, world: usize) -> Result<Measur
     })
 }
 
-/// Median step time of `shoal train --procs W --zero stage` on the bench model, after
-/// the warm-up steps, read from the run's metrics.
-fn quic_step_seconds(a: &BenchZeroArgs, stage: u8) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let n = |x: usize| x.to_string();
-    let out = std::process::Command::new(exe)
-        .args(["train", "--data-builtin", "--n-layer", "6", "--n-head", "6"])
-        .args(["--n-embd", "384", "--vocab-size", "8192", "--n-positions"])
-        .arg(n(a.seq_len))
-        .args([
-            "--batch-size",
-            &n(a.batch * a.world),
-            "--seq-len",
-            &n(a.seq_len),
-        ])
-        .args(["--max-steps", &n(a.warmup + a.steps), "--eval-every", "0"])
-        .args(["--checkpoint-every", "0", "--threads", &n(a.world)])
-        .args([
-            "--procs",
-            &n(a.world),
-            "--zero",
-            &stage.to_string(),
-            "--out-dir",
-        ])
-        .arg(dir.path())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "shoal train --procs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl"))?;
-    let seconds: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("seconds").and_then(serde_json::Value::as_f64))
-        .skip(a.warmup)
-        .collect();
-    anyhow::ensure!(!seconds.is_empty(), "the run logged no timed steps");
-    Ok(median(seconds))
-}
-
 /// Runs the benchmark and prints its table.
 pub fn run(a: BenchZeroArgs) -> Result<()> {
     anyhow::ensure!(
@@ -223,60 +230,62 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
         a.bucket_mib,
         a.steps
     );
-    let single = run_stage(&a, ZeroStage::Replicated, 1)?;
+    let single = run_stage(&a, ZeroStage::Replicated, 1, Transport::Local)?;
     println!(
-        "one rank alone (same per-rank batch, no communication): {:.3} s/step\n",
+        "one rank alone (same per-rank batch, no communication): {:.3} s/step",
         single.step_s
     );
-    println!(
-        "{:<6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "stage",
-        "step s",
-        "tokens/s",
-        "vs alone",
-        "exposed",
-        "optim s",
-        "state MiB",
-        "formula",
-        "buffers",
-        "acts",
-        "RSS/rank",
-        "loss"
-    );
-    for &n in &a.stages {
-        let stage = ZeroStage::from_number(n)?;
-        let m = run_stage(&a, stage, a.world)?;
-        let mib = |b: usize| b as f64 / 1048576.0;
+    let transports: &[Transport] = if a.quic {
+        &[Transport::Local, Transport::Quic]
+    } else {
+        &[Transport::Local]
+    };
+    for &transport in transports {
+        match transport {
+            Transport::Local => println!("\nin-process ring (zero copy):"),
+            Transport::Quic => println!(
+                "\nQUIC ring over loopback (mutual TLS, one endpoint and certificate per rank):"
+            ),
+        }
         println!(
-            "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>7.0}% {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.4}",
-            n,
-            m.step_s,
-            tokens / m.step_s,
-            100.0 * (m.step_s / single.step_s - 1.0),
-            100.0 * m.exposed_s / m.step_s,
-            m.optimizer_s,
-            mib(m.bytes),
-            zero_formula(stage, psi, a.world as f64) / 1048576.0,
-            mib(m.buffers),
-            mib(m.acts),
-            mib(m.rss),
-            m.loss
+            "{:<6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            "stage",
+            "step s",
+            "tokens/s",
+            "vs alone",
+            "exposed",
+            "optim s",
+            "state MiB",
+            "formula",
+            "buffers",
+            "acts",
+            "RSS/rank",
+            "loss"
         );
+        for &n in &a.stages {
+            let stage = ZeroStage::from_number(n)?;
+            let m = run_stage(&a, stage, a.world, transport)?;
+            let mib = |b: usize| b as f64 / 1048576.0;
+            println!(
+                "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>7.0}% {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.4}",
+                n,
+                m.step_s,
+                tokens / m.step_s,
+                100.0 * (m.step_s / single.step_s - 1.0),
+                100.0 * m.exposed_s / m.step_s,
+                m.optimizer_s,
+                mib(m.bytes),
+                zero_formula(stage, psi, a.world as f64) / 1048576.0,
+                mib(m.buffers),
+                mib(m.acts),
+                mib(m.rss),
+                m.loss
+            );
+        }
     }
     println!(
         "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for collectives (gradient reductions after backward; at stage 3 also parameter gathers not yet done when a layer needed them). state MiB: parameters + gradients + AdamW moments held between steps by rank 0; formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W, 16Ψ/W. buffers: the most communication buffers held at once in a step (gradient buckets staged or in flight; at stage 3 also the gathered parts). acts: the rank's activations. RSS/rank: growth of the process's resident memory over the stage's run divided by W, which should be near state + buffers + acts (the allocator may keep freed buffers)."
     );
-    if a.quic {
-        println!(
-            "\nover QUIC: `shoal train --procs {}` on the same model and global batch (built-in corpus; includes sampling and metrics)",
-            a.world
-        );
-        println!("{:<6} {:>8} {:>9}", "stage", "step s", "tokens/s");
-        for &n in &a.stages {
-            let step_s = quic_step_seconds(&a, n)?;
-            println!("{:<6} {:>8.3} {:>9.0}", n, step_s, tokens / step_s);
-        }
-    }
     if let Some(python) = &a.torch_python {
         let shape = PeerShape {
             seq_len: a.seq_len,
