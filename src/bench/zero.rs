@@ -49,6 +49,11 @@ pub struct BenchZeroArgs {
     /// A Python with PyTorch: run DDP, FSDP and FSDP2 over gloo on the same model.
     #[arg(long, value_name = "PYTHON")]
     pub torch_python: Option<PathBuf>,
+    /// Run one stage in this process and print what it measured as JSON (the
+    /// benchmark runs each stage in a fresh process, so that its peak resident
+    /// memory is its own).
+    #[arg(long, hide = true)]
+    pub child_stage: Option<u8>,
     /// Where the peer baselines live.
     #[arg(long, default_value = "../shared/bench/peers")]
     pub peers_dir: PathBuf,
@@ -77,6 +82,7 @@ fn zero_formula(stage: ZeroStage, psi: f64, world: f64) -> f64 {
 }
 
 /// What one stage measured (rank 0's view; ranks run in lock step).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Measured {
     step_s: f64,
     exposed_s: f64,
@@ -87,17 +93,19 @@ struct Measured {
     buffers: usize,
     /// Activations of this rank's model replica.
     acts: usize,
-    /// Growth of the process's resident memory over the stage's run, per rank.
+    /// Peak resident memory of the stage's process over its resident memory before
+    /// the ranks started, per rank.
     rss: usize,
     loss: f32,
 }
 
-/// The process's resident set size in bytes (Linux; 0 elsewhere).
-fn resident_bytes() -> usize {
+/// The process's resident set size (`VmRSS`) or its peak (`VmHWM`) in bytes (Linux;
+/// 0 elsewhere).
+fn resident_bytes(field: &str) -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -178,7 +186,7 @@ fn run_stage(
         threads_per_rank: 1,
         fill,
     };
-    let rss_before = resident_bytes();
+    let rss_before = resident_bytes("VmRSS");
     let (comms, _endpoints) = ring(transport, world)?;
     let start = StartState {
         params: &params,
@@ -198,8 +206,7 @@ fn run_stage(
         loss = outs[0].loss;
     }
     let m = node.memory()?.first().copied().context("no ranks")?;
-    // Every rank still holds its state: measure the process now.
-    let rss = resident_bytes().saturating_sub(rss_before) / world;
+    let rss = resident_bytes("VmHWM").saturating_sub(rss_before) / world;
     Ok(Measured {
         step_s: median(steps),
         exposed_s: median(exposed),
@@ -212,12 +219,60 @@ fn run_stage(
     })
 }
 
+/// Runs `stage` on `world` ranks in a child process (see `--child-stage`).
+fn measure(a: &BenchZeroArgs, stage: u8, world: usize, transport: Transport) -> Result<Measured> {
+    let exe = std::env::current_exe().context("cannot find the shoal executable")?;
+    let n = |x: usize| x.to_string();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "zero",
+        "--world",
+        &n(world),
+        "--batch",
+        &n(a.batch),
+    ])
+    .args(["--seq-len", &n(a.seq_len), "--steps", &n(a.steps)])
+    .args([
+        "--warmup",
+        &n(a.warmup),
+        "--bucket-mib",
+        &a.bucket_mib.to_string(),
+    ])
+    .args(["--child-stage", &stage.to_string()]);
+    if transport == Transport::Quic {
+        cmd.arg("--quic");
+    }
+    let out = cmd.output().context("cannot run the stage's process")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "stage {stage} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .context("the stage's process printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
 /// Runs the benchmark and prints its table.
 pub fn run(a: BenchZeroArgs) -> Result<()> {
     anyhow::ensure!(
         a.world >= 1 && a.steps >= 1,
         "--world and --steps must be at least 1"
     );
+    if let Some(stage) = a.child_stage {
+        let transport = if a.quic {
+            Transport::Quic
+        } else {
+            Transport::Local
+        };
+        let m = run_stage(&a, ZeroStage::from_number(stage)?, a.world, transport)?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
     let config = model_config(a.seq_len);
     let psi = Gpt::new(config.clone())?.layout.len() as f64;
     let tokens = (a.batch * a.world * a.seq_len) as f64;
@@ -230,7 +285,7 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
         a.bucket_mib,
         a.steps
     );
-    let single = run_stage(&a, ZeroStage::Replicated, 1, Transport::Local)?;
+    let single = measure(&a, 0, 1, Transport::Local)?;
     println!(
         "one rank alone (same per-rank batch, no communication): {:.3} s/step",
         single.step_s
@@ -264,7 +319,7 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
         );
         for &n in &a.stages {
             let stage = ZeroStage::from_number(n)?;
-            let m = run_stage(&a, stage, a.world, transport)?;
+            let m = measure(&a, n, a.world, transport)?;
             let mib = |b: usize| b as f64 / 1048576.0;
             println!(
                 "{:<6} {:>8.3} {:>9.0} {:>8.0}% {:>7.0}% {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.4}",
@@ -284,7 +339,7 @@ pub fn run(a: BenchZeroArgs) -> Result<()> {
         }
     }
     println!(
-        "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for collectives (gradient reductions after backward; at stage 3 also parameter gathers not yet done when a layer needed them). state MiB: parameters + gradients + AdamW moments held between steps by rank 0; formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W, 16Ψ/W. buffers: the most communication buffers held at once in a step (gradient buckets staged or in flight; at stage 3 also the gathered parts). acts: the rank's activations. RSS/rank: growth of the process's resident memory over the stage's run divided by W, which should be near state + buffers + acts (the allocator may keep freed buffers)."
+        "\nvs alone: step time over one rank's step on the same per-rank batch (the cost of communication). exposed: share of the step spent waiting for collectives (gradient reductions after backward; at stage 3 also parameter gathers not yet done when a layer needed them). state MiB: parameters + gradients + AdamW moments held between steps by rank 0; formula: ZeRO's 16Ψ, 8Ψ + 8Ψ/W, 4Ψ + 12Ψ/W, 16Ψ/W. buffers: the most communication buffers held at once in a step (gradient buckets staged or in flight; at stage 3 also the gathered parts). acts: the rank's activations. RSS/rank: the peak resident memory of the stage's own process over its resident memory before the ranks started, divided by W: state + buffers + acts + the batches, gradient staging and allocator slack that the accounting leaves out."
     );
     if let Some(python) = &a.torch_python {
         let shape = PeerShape {
