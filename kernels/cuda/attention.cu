@@ -50,22 +50,28 @@ __device__ __forceinline__ void load_kv_tile(float* ks, float* vs, const float* 
     }
 }
 
+// The set-up of the forward and dQ kernels, from their qkv, t, c and nh: ks and
+// vs, the key and value tiles in shared memory; this block's bh = b*NH + h and
+// first query q0 (later, heavier query blocks are scheduled first); this
+// thread's query qi, active when below T; seq, head h of sequence b in qkv.
+#define QUERY_BLOCK_SETUP                                                   \
+    extern __shared__ float smem[];                                         \
+    float* ks = smem;                                                       \
+    float* vs = smem + BC * HS;                                             \
+    const int bh = blockIdx.y;                                              \
+    const int b = bh / nh;                                                  \
+    const int h = bh % nh;                                                  \
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;                       \
+    const int qi = q0 + threadIdx.x;                                        \
+    const bool active = qi < t;                                             \
+    const float* seq = qkv + (size_t)b * t * 3 * c + h * HS
+
 // out = softmax(q k^T / sqrt(HS) + causal mask) v per head; lse = row
 // log-sum-exp of the scaled scores. Grid: (ceil(T/BR), B*NH); block: BR;
 // dynamic shared memory: 2 * BC * HS floats.
 extern "C" __global__ void attention_forward(float* out, float* lse, const float* qkv, int t,
                                              int c, int nh) {
-    extern __shared__ float smem[];
-    float* ks = smem;
-    float* vs = smem + BC * HS;
-    const int bh = blockIdx.y;
-    const int b = bh / nh;
-    const int h = bh % nh;
-    // Later (heavier) query blocks are scheduled first.
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;
-    const int qi = q0 + threadIdx.x;
-    const bool active = qi < t;
-    const float* seq = qkv + (size_t)b * t * 3 * c + h * HS;
+    QUERY_BLOCK_SETUP;
     const float scale = 1.0f / sqrtf((float)HS);
     float q[HS];
     float o[HS];
@@ -145,16 +151,7 @@ extern "C" __global__ void attention_backward_rowdot(float* dd, const float* dou
 extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
                                                  const float* qkv, const float* lse,
                                                  const float* dd, int t, int c, int nh) {
-    extern __shared__ float smem[];
-    float* ks = smem;
-    float* vs = smem + BC * HS;
-    const int bh = blockIdx.y;
-    const int b = bh / nh;
-    const int h = bh % nh;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;
-    const int qi = q0 + threadIdx.x;
-    const bool active = qi < t;
-    const float* seq = qkv + (size_t)b * t * 3 * c + h * HS;
+    QUERY_BLOCK_SETUP;
     const float* g = dout + ((size_t)b * t + (active ? qi : 0)) * c + h * HS;
     const float scale = 1.0f / sqrtf((float)HS);
     float q[HS];

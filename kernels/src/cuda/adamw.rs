@@ -4,10 +4,10 @@
 //!
 //! Dimension legend: flat buffers of any length (a shard of the parameters).
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::compile::{ADAMW, ELEMENTWISE, NORM};
-use super::{Arg, CudaError, Gpu, elementwise_config, len};
+use super::{Arg, CudaError, Gpu, config_1d, elementwise_config, len};
 use crate::{AdamW, DecaySpan};
 
 /// Threads per block of the sum-of-squares kernels (`THREADS` in norm.cu).
@@ -97,19 +97,12 @@ pub fn sum_of_squares(gpu: &Gpu, x: &impl DevicePtr<f32>) -> Result<f64, CudaErr
     let mut partial = gpu.zeros::<f64>(blocks)?;
     let mut total = gpu.zeros::<f64>(1)?;
     let first = gpu.function(&NORM, None, "sum_of_squares_partial")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (NORM_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config_1d(blocks, NORM_THREADS);
     let args = [gpu.output(&mut partial), gpu.input(x), len(n)];
     // SAFETY: the arguments match the kernel; `partial` holds one f64 per block.
     unsafe { gpu.launch(&first, cfg, &args) }?;
     let second = gpu.function(&NORM, None, "sum_partials")?;
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        ..cfg
-    };
+    let cfg = config_1d(1, NORM_THREADS);
     let args = [
         gpu.output(&mut total),
         gpu.input(&partial),

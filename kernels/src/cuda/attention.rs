@@ -140,8 +140,7 @@ pub fn attention_backward(
     // SAFETY: the arguments match the kernel; `dd` holds B*NH*T floats.
     unsafe { gpu.launch(&rowdot, elementwise_config(b * nh * t), &args) }?;
 
-    let shared = kv_tile_bytes(hs);
-    let dq = kernel(gpu, hs, "attention_backward_dq", shared)?;
+    // The dQ and the dK/dV kernels take the same arguments.
     let args = [
         gpu.output(dqkv),
         gpu.input(dout),
@@ -152,21 +151,13 @@ pub fn attention_backward(
         dim(c),
         dim(nh),
     ];
+    let shared = kv_tile_bytes(hs);
+    let dq = kernel(gpu, hs, "attention_backward_dq", shared)?;
     // SAFETY: as above.
     unsafe { gpu.launch(&dq, blocks_config(t, b * nh, BR, shared), &args) }?;
 
     let shared = (2 * BK * (hs + 1) + 2 * BQ * hs + 2 * BQ) * size_of::<f32>();
     let dkv = kernel(gpu, hs, "attention_backward_dkv", shared)?;
-    let args = [
-        gpu.output(dqkv),
-        gpu.input(dout),
-        gpu.input(qkv),
-        gpu.input(lse),
-        gpu.input(&dd),
-        dim(t),
-        dim(c),
-        dim(nh),
-    ];
     // SAFETY: as above.
     unsafe { gpu.launch(&dkv, blocks_config(t, b * nh, BK, shared), &args) }
 }

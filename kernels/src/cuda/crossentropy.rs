@@ -8,18 +8,14 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::CROSSENTROPY;
-use super::{Arg, CudaError, Gpu, dim};
+use super::{Arg, CudaError, Gpu, config_1d, dim};
 
 /// Threads per row (one block per row).
 const THREADS: u32 = 512;
 
 /// One block per row.
 fn rows_config(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    config_1d(n, THREADS)
 }
 
 /// GPU [`crate::crossentropy_forward`]: `lse[i] = log Σ_j exp(logits[i, j])` and

@@ -6,19 +6,16 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::LAYERNORM;
-use super::reduce::{ROWS_PER_CHUNK, accumulate_partials};
-use super::{Arg, CudaError, Gpu, dim};
+use super::reduce::{ROWS_PER_CHUNK, accumulate_partials, column_chunks_config};
+use super::{Arg, CudaError, Gpu, config_1d, dim};
 
 /// Rows per block of the one-warp-per-row kernels (8 warps).
 const ROWS_PER_BLOCK: usize = 8;
 
 /// One warp per row over `n` rows.
 fn rows_config(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1, 1),
-        block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    let blocks = n.div_ceil(ROWS_PER_BLOCK).max(1);
+    config_1d(blocks, 32 * ROWS_PER_BLOCK as u32)
 }
 
 /// GPU [`crate::layernorm_forward`]: `out = (inp - mean) * rstd * weight + bias`
@@ -103,11 +100,7 @@ pub fn layernorm_backward(
     let chunks = n.div_ceil(ROWS_PER_CHUNK);
     let mut partial = gpu.zeros::<f32>(chunks * 2 * c)?;
     let partial_kernel = gpu.function(&LAYERNORM, None, "layernorm_backward_params_partial")?;
-    let cfg = LaunchConfig {
-        grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = column_chunks_config(c, chunks);
     let args = [
         gpu.output(&mut partial),
         gpu.input(dout),

@@ -56,14 +56,18 @@ const THREADS: u32 = 256;
 /// Most blocks launched by a grid-stride kernel.
 const MAX_BLOCKS: usize = 1 << 16;
 
-/// A launch of `n` elements with grid-stride loops.
-fn elementwise_config(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS);
+/// A 1-D launch: `blocks` blocks of `threads` threads, no dynamic shared memory.
+fn config_1d(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// A launch of `n` elements with grid-stride loops.
+fn elementwise_config(n: usize) -> LaunchConfig {
+    config_1d(n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS), THREADS)
 }
 
 /// What the driver says about the device.

@@ -7,10 +7,21 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::REDUCE;
-use super::{CudaError, Gpu, dim};
+use super::{CudaError, Gpu, config_1d, dim};
 
 /// Rows per chunk of the partial sums.
 pub(super) const ROWS_PER_CHUNK: usize = 256;
+
+/// One block of (32, 8) threads per 32 columns and chunk of rows: the launch of
+/// the partial-sum kernels (reduce.cu's `column_partial_sums`, layernorm.cu's
+/// `layernorm_backward_params_partial`).
+pub(super) fn column_chunks_config(c: usize, chunks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 /// `dst[col] += Σ_{r < chunks} partial[r * stride + col]` in order.
 pub(super) fn accumulate_partials(
@@ -24,11 +35,7 @@ pub(super) fn accumulate_partials(
     assert_eq!(dst.len(), c);
     assert!(chunks == 0 || partial.len() >= (chunks - 1) * stride + c);
     let f = gpu.function(&REDUCE, None, "accumulate_partials")?;
-    let cfg = LaunchConfig {
-        grid_dim: (c.div_ceil(256).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config_1d(c.div_ceil(256).max(1), 256);
     let args = [
         gpu.output(dst),
         gpu.input(partial),
@@ -57,11 +64,7 @@ pub(super) fn column_sums_accumulate(
     let chunks = n.div_ceil(ROWS_PER_CHUNK);
     let mut partial = gpu.zeros::<f32>(chunks * c)?;
     let f = gpu.function(&REDUCE, None, "column_partial_sums")?;
-    let cfg = LaunchConfig {
-        grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = column_chunks_config(c, chunks);
     let args = [
         gpu.output(&mut partial),
         gpu.input(x),

@@ -17,6 +17,72 @@ macro_rules! split_two {
     };
 }
 
+/// The flat parameters and gradients, and the row count N, that every layer's
+/// backward reads and accumulates into.
+struct FlatBuffers<'a> {
+    gpu: &'a Gpu,
+    params: &'a CudaSlice<f32>,
+    grads: &'a mut CudaSlice<f32>,
+    n: usize,
+}
+
+impl FlatBuffers<'_> {
+    /// Backward of a dense layer `out = inp · W + b` (`W` `[C, OC]` at `w`, `b`
+    /// `[OC]` at `bias` in the flat buffers): accumulates into `dinp` and the
+    /// gradients of `W` and `b`.
+    fn dense(
+        &mut self,
+        (w, bias): (&Range<usize>, &Range<usize>),
+        dinp: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        c: usize,
+        oc: usize,
+    ) -> Result<(), CudaError> {
+        split_two!(self.grads, w, bias, dw, db);
+        k::matmul_backward(
+            self.gpu,
+            Some(dinp),
+            &mut dw,
+            Some(&mut db),
+            dout,
+            inp,
+            &self.params.slice(w.clone()),
+            self.n,
+            c,
+            oc,
+            WeightLayout::InOut,
+        )
+    }
+
+    /// Backward of a layer norm of `inp` with weight at `w` and bias at `bias`
+    /// in the flat buffers: accumulates into `dinp` and their gradients.
+    fn layernorm(
+        &mut self,
+        (w, bias): (&Range<usize>, &Range<usize>),
+        dinp: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        (mean, rstd): (&CudaSlice<f32>, &CudaSlice<f32>),
+        c: usize,
+    ) -> Result<(), CudaError> {
+        split_two!(self.grads, w, bias, dw, db);
+        k::layernorm_backward(
+            self.gpu,
+            dinp,
+            &mut dw,
+            &mut db,
+            dout,
+            inp,
+            &self.params.slice(w.clone()),
+            mean,
+            rstd,
+            self.n,
+            c,
+        )
+    }
+}
+
 impl GpuGpt {
     /// Accumulates `d(loss_scale · mean cross-entropy) / d params` of the last
     /// forward pass into the gradients (as [`crate::Gpt::backward`]); consumes
@@ -64,103 +130,53 @@ impl GpuGpt {
             v,
             WeightLayout::OutIn,
         )?;
+        let mut flat = FlatBuffers {
+            gpu,
+            params: p,
+            grads: g,
+            n,
+        };
         let last = acts.last().map_or(&self.encoded, |a| &a.residual3);
-        {
-            split_two!(g, self.lnf_w, self.lnf_b, dw, db);
-            let lnf_w = p.slice(self.lnf_w.clone());
-            k::layernorm_backward(
-                gpu,
-                &mut s.dresidual,
-                &mut dw,
-                &mut db,
-                &s.dln,
-                last,
-                &lnf_w,
-                &self.lnf_mean,
-                &self.lnf_rstd,
-                n,
-                c,
-            )?;
-        }
-        let inout = WeightLayout::InOut;
+        flat.layernorm(
+            (&self.lnf_w, &self.lnf_b),
+            &mut s.dresidual,
+            &s.dln,
+            last,
+            (&self.lnf_mean, &self.lnf_rstd),
+            c,
+        )?;
         for (l, w) in self.blocks.iter().enumerate().rev() {
             let (before, rest) = acts.split_at(l);
             let a = &rest[0];
             let residual = before.last().map_or(&self.encoded, |prev| &prev.residual3);
-            let w_ = |r: &Range<usize>| p.slice(r.clone());
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             for buf in [&mut s.dfch_gelu, &mut s.dfch, &mut s.dln] {
                 stream.memset_zeros(buf).map_err(CudaError::from)?;
             }
-            {
-                split_two!(g, w.fcproj_w, w.fcproj_b, dw, db);
-                k::matmul_backward(
-                    gpu,
-                    Some(&mut s.dfch_gelu),
-                    &mut dw,
-                    Some(&mut db),
-                    &s.dresidual,
-                    &a.fch_gelu,
-                    &w_(&w.fcproj_w),
-                    n,
-                    4 * c,
-                    c,
-                    inout,
-                )?;
-            }
+            flat.dense(
+                (&w.fcproj_w, &w.fcproj_b),
+                &mut s.dfch_gelu,
+                &s.dresidual,
+                &a.fch_gelu,
+                4 * c,
+                c,
+            )?;
             k::gelu_backward(gpu, &mut s.dfch, &a.fch, &s.dfch_gelu)?;
-            {
-                split_two!(g, w.fc_w, w.fc_b, dw, db);
-                k::matmul_backward(
-                    gpu,
-                    Some(&mut s.dln),
-                    &mut dw,
-                    Some(&mut db),
-                    &s.dfch,
-                    &a.ln2,
-                    &w_(&w.fc_w),
-                    n,
-                    c,
-                    4 * c,
-                    inout,
-                )?;
-            }
-            {
-                split_two!(g, w.ln2_w, w.ln2_b, dw, db);
-                k::layernorm_backward(
-                    gpu,
-                    &mut s.dresidual,
-                    &mut dw,
-                    &mut db,
-                    &s.dln,
-                    &a.residual2,
-                    &w_(&w.ln2_w),
-                    &a.ln2_mean,
-                    &a.ln2_rstd,
-                    n,
-                    c,
-                )?;
-            }
+            flat.dense((&w.fc_w, &w.fc_b), &mut s.dln, &s.dfch, &a.ln2, c, 4 * c)?;
+            flat.layernorm(
+                (&w.ln2_w, &w.ln2_b),
+                &mut s.dresidual,
+                &s.dln,
+                &a.residual2,
+                (&a.ln2_mean, &a.ln2_rstd),
+                c,
+            )?;
             // Attention: residual2 = residual + attproj(attn(qkv(ln1(residual)))).
             for buf in [&mut s.datty, &mut s.dqkv, &mut s.dln] {
                 stream.memset_zeros(buf).map_err(CudaError::from)?;
             }
-            {
-                split_two!(g, w.attproj_w, w.attproj_b, dw, db);
-                k::matmul_backward(
-                    gpu,
-                    Some(&mut s.datty),
-                    &mut dw,
-                    Some(&mut db),
-                    &s.dresidual,
-                    &a.atty,
-                    &w_(&w.attproj_w),
-                    n,
-                    c,
-                    c,
-                    inout,
-                )?;
-            }
+            let attproj = (&w.attproj_w, &w.attproj_b);
+            flat.dense(attproj, &mut s.datty, &s.dresidual, &a.atty, c, c)?;
             k::attention_backward(
                 gpu,
                 &mut s.dqkv,
@@ -173,40 +189,17 @@ impl GpuGpt {
                 c,
                 nh,
             )?;
-            {
-                split_two!(g, w.qkv_w, w.qkv_b, dw, db);
-                k::matmul_backward(
-                    gpu,
-                    Some(&mut s.dln),
-                    &mut dw,
-                    Some(&mut db),
-                    &s.dqkv,
-                    &a.ln1,
-                    &w_(&w.qkv_w),
-                    n,
-                    c,
-                    3 * c,
-                    inout,
-                )?;
-            }
-            {
-                split_two!(g, w.ln1_w, w.ln1_b, dw, db);
-                k::layernorm_backward(
-                    gpu,
-                    &mut s.dresidual,
-                    &mut dw,
-                    &mut db,
-                    &s.dln,
-                    residual,
-                    &w_(&w.ln1_w),
-                    &a.ln1_mean,
-                    &a.ln1_rstd,
-                    n,
-                    c,
-                )?;
-            }
+            flat.dense((&w.qkv_w, &w.qkv_b), &mut s.dln, &s.dqkv, &a.ln1, c, 3 * c)?;
+            flat.layernorm(
+                (&w.ln1_w, &w.ln1_b),
+                &mut s.dresidual,
+                &s.dln,
+                residual,
+                (&a.ln1_mean, &a.ln1_rstd),
+                c,
+            )?;
         }
-        split_two!(g, self.wte, self.wpe, dwte, dwpe);
+        split_two!(flat.grads, self.wte, self.wpe, dwte, dwpe);
         k::embedding_backward(
             gpu,
             &mut dwte,
