@@ -6,14 +6,17 @@
 #   2. `shoal gpu-check --train`: the GPU training step against the CPU model
 #      (tiny preset), then GPT-2 124M steps timed with fp32, TF32 and bf16 products
 #      (tokens/s, MFU);
-#   3. scripts/torch_gpu_baseline.py: PyTorch GPT-2 124M tokens/s and MFU, eager and
+#   3. `shoal train --device cuda`: 12 steps of the real trainer on the GPU (GPT-2
+#      124M, B=8, T=1024), its tokens/s per step from metrics.jsonl;
+#   4. scripts/torch_gpu_baseline.py: PyTorch GPT-2 124M tokens/s and MFU, eager and
 #      torch.compile (skipped when python3 has no torch).
 #
 # Usage: scripts/gpu-check.sh [SHOAL_BINARY]   (default target/release/shoal, built
 #        here with `cargo build --release --features cuda`; it needs no CUDA toolkit
 #        to build). Output goes to the terminal and, when $OUT is set, to
-#        $OUT/gpu-check.txt, $OUT/gpu-train.txt and $OUT/torch-baseline.txt. Exits
-#        nonzero if either gpu-check run failed.
+#        $OUT/gpu-check.txt, $OUT/gpu-train.txt, $OUT/gpu-trainer.txt and
+#        $OUT/torch-baseline.txt. Exits nonzero if a gpu-check run or the training
+#        run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/shoal}
@@ -42,6 +45,9 @@ export LD_LIBRARY_PATH
 log() {
     if [[ -n ${OUT:-} ]]; then tee "$OUT/$1"; else cat; fi
 }
+log_more() {
+    if [[ -n ${OUT:-} ]]; then tee -a "$OUT/$1"; else cat; fi
+}
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 echo "== shoal gpu-check ($bin)"
@@ -53,6 +59,21 @@ timeout 180 "$bin" gpu-check --train --skip-kernels --gemm-size 0 2>&1 | log gpu
 train_status=${PIPESTATUS[0]}
 echo "shoal gpu-check --train exited with $train_status"
 
+echo "== shoal train --device cuda: GPT-2 124M, 12 trainer steps on the GPU"
+# The built-in corpus is byte-level (token ids < 256), which fits inside GPT-2's
+# 50257-entry vocabulary, so this trains the real 124M model (fp32 products) on a
+# valid if easy corpus; no data files needed. One checkpoint (1.5 GB) at the end.
+timeout 120 "$bin" train --device cuda --preset gpt2 --data-builtin --seq-len 1024 \
+    --batch-size 8 --max-steps 12 --lr 6e-4 --min-lr 6e-5 --warmup-steps 2 \
+    --eval-every 0 --checkpoint-every 0 --keep-checkpoints 1 --overwrite \
+    --out-dir /tmp/gpu-train 2>&1 | log gpu-trainer.txt
+trainer_status=${PIPESTATUS[0]}
+echo "shoal train --device cuda exited with $trainer_status"
+# Each step's loss and tokens/s (step 1 includes the NVRTC compiles and the upload).
+if [[ -f /tmp/gpu-train/metrics.jsonl ]]; then
+    grep '"tokens_per_s"' /tmp/gpu-train/metrics.jsonl | log_more gpu-trainer.txt
+fi
+
 if python3 -c 'import torch' 2>/dev/null; then
     echo "== PyTorch baseline"
     PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_gpu_baseline.py --seconds 40 2>&1 \
@@ -61,4 +82,5 @@ else
     echo "== PyTorch baseline skipped: python3 has no torch"
 fi
 if [[ $status -eq 0 ]]; then status=$train_status; fi
+if [[ $status -eq 0 ]]; then status=$trainer_status; fi
 exit "$status"

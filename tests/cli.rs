@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 mod common;
 
-use common::losses;
+use common::{assert_close, losses};
 use shoal::actors::{Checkpoint, STATE_FILE};
 
 fn shoal(args: &[&str], cwd: &Path) -> Output {
@@ -403,14 +403,7 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
         (&p.adam_m, &q.adam_m),
         (&p.adam_v, &q.adam_v),
     ] {
-        let norm = x.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
-        let diff = x
-            .iter()
-            .zip(y)
-            .map(|(u, v)| ((u - v) * (u - v)) as f64)
-            .sum::<f64>()
-            .sqrt();
-        assert!(diff <= 1e-5 * norm, "differ by {diff} (norm {norm})");
+        assert_close(x, y, "resumed at another world size");
     }
     // Stage 3 (parameters gathered part by part) on three ranks, one without rows.
     let z3 = [
@@ -432,6 +425,16 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
             "stage 3 step {}: {x} vs {y}",
             step + 1
         );
+    }
+    // Its checkpoint is sharded (each rank wrote its pieces) and reassembles whole.
+    let z = Checkpoint::load(&dir.join("z3/checkpoints/step-000006")).unwrap();
+    assert_eq!(z.meta.shards.len(), 3);
+    for (x, y) in [
+        (&p.params, &z.params),
+        (&p.adam_m, &z.adam_m),
+        (&p.adam_v, &z.adam_v),
+    ] {
+        assert_close(x, y, "stage 3");
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::losses;
+use common::{assert_close, losses};
 use shoal::actors::Checkpoint;
 
 /// A tiny run: three steps, one row of the batch per rank of three.
@@ -218,15 +218,7 @@ fn three_nodes_train_like_three_ranks() {
         Checkpoint::load(&dir.join("lead/ref/checkpoints/step-000003")).unwrap(),
         Checkpoint::load(&dir.join("lead/run/checkpoints/step-000003")).unwrap(),
     );
-    let norm = p.params.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
-    let diff = p
-        .params
-        .iter()
-        .zip(&q.params)
-        .map(|(u, v)| ((u - v) * (u - v)) as f64)
-        .sum::<f64>()
-        .sqrt();
-    assert!(diff <= 1e-5 * norm, "differ by {diff} (norm {norm})");
+    assert_close(&p.params, &q.params, "three nodes");
 }
 
 /// A node whose certificate comes from another cluster CA fails the TLS handshake

@@ -57,8 +57,12 @@ pub struct CheckpointMeta {
     pub tokenizer: String,
     /// Number of parameters (the length of every tensor).
     pub num_params: usize,
-    /// crc32 of each tensor's little-endian bytes.
+    /// crc32 of each tensor's little-endian bytes (whole checkpoints).
     pub checksums: BTreeMap<String, u32>,
+    /// A sharded checkpoint's shards (the ranks' descriptor files, see
+    /// [`sharded`]); empty for a whole checkpoint in `state.safetensors`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<String>,
 }
 
 /// The full training state of one process at a step boundary.
@@ -122,6 +126,112 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| TrainError::io(path, e))
 }
 
+/// Renames the finished temporary directory `tmp` to `dir` (replacing an existing
+/// `dir`), fsyncing `tmp` and the parent around the rename.
+fn commit_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    fsync(tmp)?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dir
+        .file_name()
+        .map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy());
+    let old = parent.join(format!(".old-{name}-{}", std::process::id()));
+    let replaced = dir.exists();
+    if replaced {
+        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    fsync(parent)?;
+    if replaced {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Writes flat f32 tensors to a safetensors file at `path`, fsynced; returns the
+/// crc32 of each tensor's bytes.
+fn write_flat(path: &Path, tensors: [(&'static str, &[f32]); 3]) -> Result<BTreeMap<String, u32>> {
+    let views = tensors.map(|(name, t)| {
+        (
+            name,
+            FlatView {
+                data: t,
+                shape: [t.len()],
+            },
+        )
+    });
+    let info = BTreeMap::from([("format".to_string(), "shoal".to_string())]);
+    safetensors::serialize_to_file(views, Some(info.into_iter().collect()), path).map_err(|e| {
+        TrainError::CheckpointCorrupt {
+            path: path.to_path_buf(),
+            reason: format!("cannot write: {e}"),
+        }
+    })?;
+    fsync(path)?;
+    Ok(tensors
+        .iter()
+        .map(|(name, t)| (name.to_string(), crc_of(t)))
+        .collect())
+}
+
+/// Reads the [`TENSORS`] of the safetensors file at `path`, each of `expected`
+/// elements, checking each against its crc32 in `checksums`.
+fn read_flat(
+    path: &Path,
+    expected: usize,
+    checksums: &BTreeMap<String, u32>,
+) -> Result<[Vec<f32>; 3]> {
+    if !path.is_file() {
+        return Err(TrainError::CheckpointMissing {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::CheckpointCorrupt {
+        path: path.to_path_buf(),
+        reason: format!("not a valid safetensors file (truncated?): {e}"),
+    })?;
+    let read = |name: &str| -> Result<Vec<f32>> {
+        let view = st.tensor(name).map_err(|e| TrainError::CheckpointCorrupt {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{name}`: {e}"),
+        })?;
+        if view.dtype() != Dtype::F32 {
+            return Err(TrainError::CheckpointCorrupt {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            });
+        }
+        let n: usize = view.shape().iter().product();
+        if view.shape().len() != 1 || n != expected {
+            return Err(TrainError::LayoutMismatch {
+                path: path.to_path_buf(),
+                tensor: name.into(),
+                expected,
+                actual: n,
+            });
+        }
+        let data = view.data();
+        let actual = crc32fast::hash(data);
+        let recorded = checksums.get(name).copied();
+        if recorded != Some(actual) {
+            return Err(TrainError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                tensor: name.into(),
+                expected: recorded.unwrap_or(0),
+                actual,
+            });
+        }
+        Ok(data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    };
+    Ok([read(TENSORS[0])?, read(TENSORS[1])?, read(TENSORS[2])?])
+}
+
 impl Checkpoint {
     /// A checkpoint of fresh weights: zero moments, step 0 (what `shoal import` writes).
     pub fn from_weights(model: GptConfig, params: Vec<f32>, tokenizer: String) -> Self {
@@ -136,6 +246,7 @@ impl Checkpoint {
                 tokenizer,
                 num_params: n,
                 checksums: BTreeMap::new(),
+                shards: Vec::new(),
             },
             params,
             adam_m: vec![0.0; n],
@@ -168,36 +279,20 @@ impl Checkpoint {
         let mut meta = self.meta.clone();
         meta.format_version = FORMAT_VERSION;
         meta.num_params = expected;
-        meta.checksums = self
-            .tensors()
-            .iter()
-            .map(|(name, t)| (name.to_string(), crc_of(t)))
-            .collect();
-        let state = dir.join(STATE_FILE);
-        let views = self.tensors().map(|(name, t)| {
-            (
-                name,
-                FlatView {
-                    data: t,
-                    shape: [t.len()],
-                },
-            )
-        });
-        let info = BTreeMap::from([("format".to_string(), "shoal".to_string())]);
-        safetensors::serialize_to_file(views, Some(info.into_iter().collect()), &state).map_err(
-            |e| TrainError::CheckpointCorrupt {
-                path: state.clone(),
-                reason: format!("cannot write: {e}"),
-            },
-        )?;
-        fsync(&state)?;
+        meta.checksums = write_flat(&dir.join(STATE_FILE), self.tensors())?;
+        meta.shards = Vec::new();
+        self.write_meta(dir, &meta)
+    }
+
+    /// Writes `meta.json` (and copies the tokenizer) into `dir`, fsynced.
+    fn write_meta(&self, dir: &Path, meta: &CheckpointMeta) -> Result<()> {
         if let Some(src) = &self.tokenizer_json {
             let dst = dir.join(TOKENIZER_FILE);
             std::fs::copy(src, &dst).map_err(|e| TrainError::io(src, e))?;
             fsync(&dst)?;
         }
         let json =
-            serde_json::to_string_pretty(&meta).map_err(|e| TrainError::CheckpointCorrupt {
+            serde_json::to_string_pretty(meta).map_err(|e| TrainError::CheckpointCorrupt {
                 path: dir.join(META_FILE),
                 reason: e.to_string(),
             })?;
@@ -225,18 +320,7 @@ impl Checkpoint {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        fsync(&tmp)?;
-        let old = parent.join(format!(".old-{name}-{}", std::process::id()));
-        let replaced = dir.exists();
-        if replaced {
-            std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
-        fsync(&parent)?;
-        if replaced {
-            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-        }
-        Ok(())
+        commit_dir(&tmp, dir)
     }
 
     /// Reads only `meta.json` of a checkpoint directory.
@@ -273,55 +357,12 @@ impl Checkpoint {
     /// structure, dtypes, sizes against the model's layout, and checksums.
     pub fn load(dir: &Path) -> Result<Self> {
         let meta = Self::load_meta(dir)?;
-        let path = dir.join(STATE_FILE);
-        if !path.is_file() {
-            return Err(TrainError::CheckpointMissing { path });
-        }
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::CheckpointCorrupt {
-            path: path.clone(),
-            reason: format!("not a valid safetensors file (truncated?): {e}"),
-        })?;
-        let expected = ParamLayout::new(&meta.model).len();
-        let read = |name: &str| -> Result<Vec<f32>> {
-            let view = st.tensor(name).map_err(|e| TrainError::CheckpointCorrupt {
-                path: path.clone(),
-                reason: format!("tensor `{name}`: {e}"),
-            })?;
-            if view.dtype() != Dtype::F32 {
-                return Err(TrainError::CheckpointCorrupt {
-                    path: path.clone(),
-                    reason: format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
-                });
-            }
-            let n: usize = view.shape().iter().product();
-            if view.shape().len() != 1 || n != expected {
-                return Err(TrainError::LayoutMismatch {
-                    path: path.clone(),
-                    tensor: name.into(),
-                    expected,
-                    actual: n,
-                });
-            }
-            let data = view.data();
-            let actual = crc32fast::hash(data);
-            let recorded = meta.checksums.get(name).copied();
-            if recorded != Some(actual) {
-                return Err(TrainError::ChecksumMismatch {
-                    path: path.clone(),
-                    tensor: name.into(),
-                    expected: recorded.unwrap_or(0),
-                    actual,
-                });
-            }
-            Ok(data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
+        let n = ParamLayout::new(&meta.model).len();
+        let [params, adam_m, adam_v] = if meta.shards.is_empty() {
+            read_flat(&dir.join(STATE_FILE), n, &meta.checksums)?
+        } else {
+            sharded::assemble(dir, &meta.shards, n)?
         };
-        let params = read(TENSORS[0])?;
-        let adam_m = read(TENSORS[1])?;
-        let adam_v = read(TENSORS[2])?;
         let tok = dir.join(TOKENIZER_FILE);
         Ok(Self {
             meta,
@@ -368,6 +409,46 @@ pub fn resolve_checkpoint_dir(path: &Path) -> Result<PathBuf> {
     Err(TrainError::CheckpointMissing {
         path: path.join(META_FILE),
     })
+}
+
+/// Loads the checkpoint a user meant (see [`resolve_checkpoint_dir`]). When `path`
+/// leaves the choice to `latest` (a run's directory, its `checkpoints/`, or `latest`
+/// itself) and that checkpoint is damaged (a file missing, truncated or failing its
+/// checksum), the newest older checkpoint that loads is used instead, with a warning;
+/// a checkpoint named directly is loaded or refused as it is.
+pub fn load_checkpoint(path: &Path) -> Result<(PathBuf, Checkpoint)> {
+    let dir = resolve_checkpoint_dir(path)?;
+    let error = match Checkpoint::load(&dir) {
+        Ok(ckpt) => return Ok((dir, ckpt)),
+        Err(e) => e,
+    };
+    let damaged = matches!(
+        error,
+        TrainError::CheckpointCorrupt { .. }
+            | TrainError::ChecksumMismatch { .. }
+            | TrainError::LayoutMismatch { .. }
+            | TrainError::CheckpointMissing { .. }
+    );
+    if !damaged || path.join(META_FILE).exists() {
+        return Err(error);
+    }
+    let root = dir.parent().unwrap_or(Path::new("."));
+    let store = CheckpointStore {
+        root: root.to_path_buf(),
+        keep: usize::MAX,
+    };
+    let newest = store.list()?.into_iter().rev().filter(|(_, d)| *d != dir);
+    for (_, older) in newest {
+        if let Ok(ckpt) = Checkpoint::load(&older) {
+            tracing::warn!(
+                damaged = %dir.display(),
+                using = %older.display(),
+                "the latest checkpoint is damaged ({error}); resuming from the one before"
+            );
+            return Ok((older, ckpt));
+        }
+    }
+    Err(error)
 }
 
 /// The `checkpoints/` directory of a run: numbered checkpoints, `latest`, retention.
@@ -428,22 +509,65 @@ impl CheckpointStore {
     /// Saves `ckpt` as `step-NNNNNN`, points `latest` at it and deletes the oldest
     /// checkpoints beyond the retention count. Returns the new directory.
     pub fn save(&self, ckpt: &Checkpoint) -> Result<PathBuf> {
-        let name = Self::dir_name(ckpt.meta.step);
-        let dir = self.root.join(&name);
+        let dir = self.root.join(Self::dir_name(ckpt.meta.step));
         ckpt.save(&dir)?;
+        self.publish(&dir)?;
+        Ok(dir)
+    }
+
+    /// Where the ranks of a data-parallel run write their shards of the checkpoint
+    /// after `step` ([`sharded::write_shard`]) before [`CheckpointStore::commit_sharded`].
+    pub fn staging_dir(&self, step: u64) -> PathBuf {
+        self.root.join(format!(".tmp-{}", Self::dir_name(step)))
+    }
+
+    /// Commits the sharded checkpoint the `world` ranks wrote into
+    /// [`CheckpointStore::staging_dir`]: writes `meta.json` (listing the shards) and
+    /// the tokenizer from `ckpt` (whose tensors are not used), renames the directory
+    /// into place, points `latest` at it and applies the retention. Returns the new
+    /// directory.
+    pub fn commit_sharded(&self, ckpt: &Checkpoint, world: usize) -> Result<PathBuf> {
+        let step = ckpt.meta.step;
+        let (tmp, dir) = (self.staging_dir(step), self.root.join(Self::dir_name(step)));
+        let shards = sharded::record_names(world);
+        for name in &shards {
+            let path = tmp.join(name);
+            if !path.is_file() {
+                return Err(TrainError::CheckpointMissing { path });
+            }
+        }
+        let meta = CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            num_params: ParamLayout::new(&ckpt.meta.model).len(),
+            checksums: BTreeMap::new(),
+            shards,
+            ..ckpt.meta.clone()
+        };
+        ckpt.write_meta(&tmp, &meta)?;
+        commit_dir(&tmp, &dir)?;
+        self.publish(&dir)?;
+        Ok(dir)
+    }
+
+    /// Points `latest` at `dir` and deletes the oldest checkpoints beyond the
+    /// retention count.
+    fn publish(&self, dir: &Path) -> Result<()> {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
         let tmp = self.root.join(format!("{LATEST_FILE}.tmp"));
-        write_synced(&tmp, format!("{name}\n").as_bytes())?;
+        write_synced(&tmp, format!("{}\n", name.unwrap_or_default()).as_bytes())?;
         let latest = self.root.join(LATEST_FILE);
         std::fs::rename(&tmp, &latest).map_err(|e| TrainError::io(&latest, e))?;
         fsync(&self.root)?;
         let all = self.list()?;
         let excess = all.len().saturating_sub(self.keep);
-        for (_, old) in all.into_iter().take(excess).filter(|(_, d)| *d != dir) {
+        for (_, old) in all.into_iter().take(excess).filter(|(_, d)| d != dir) {
             std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
         }
-        Ok(dir)
+        Ok(())
     }
 }
+
+pub mod sharded;
 
 #[cfg(test)]
 #[path = "checkpoint_tests.rs"]

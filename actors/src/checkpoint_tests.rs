@@ -178,3 +178,85 @@ fn wrong_sized_state_is_refused_at_save() {
     assert!(matches!(e, TrainError::LayoutMismatch { .. }), "{e}");
     assert!(!tmp.path().join("ck").exists());
 }
+
+/// Writes `ckpt` as the shards of `world` ranks, each owning one piece of every
+/// bucket of `buckets` (as a ZeRO rank does), and commits it in `store`.
+fn save_sharded(store: &CheckpointStore, ckpt: &Checkpoint, world: usize) -> PathBuf {
+    let n = ckpt.params.len();
+    let buckets = [0..n / 3, n / 3..n / 2, n / 2..n];
+    let staging = store.staging_dir(ckpt.meta.step);
+    for rank in 0..world {
+        let pieces: Vec<std::ops::Range<usize>> = buckets
+            .iter()
+            .map(|b| {
+                let p = shoal_collectives::shard_range(b.len(), world, rank);
+                b.start + p.start..b.start + p.end
+            })
+            .collect();
+        let take =
+            |x: &[f32]| -> Vec<f32> { pieces.iter().flat_map(|p| x[p.clone()].to_vec()).collect() };
+        let (p, m, v) = (take(&ckpt.params), take(&ckpt.adam_m), take(&ckpt.adam_v));
+        sharded::write_shard(&staging, rank, world, &pieces, &p, &m, &v).unwrap();
+    }
+    store.commit_sharded(ckpt, world).unwrap()
+}
+
+#[test]
+fn sharded_checkpoints_reassemble_the_whole_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(tmp.path(), 5);
+    for world in [1, 2, 3] {
+        let ckpt = sample(world as u64);
+        let dir = save_sharded(&store, &ckpt, world);
+        let back = Checkpoint::load(&dir).unwrap();
+        assert_eq!(back.meta.shards.len(), world);
+        assert_eq!(
+            (back.params, back.adam_m, back.adam_v),
+            (ckpt.params, ckpt.adam_m, ckpt.adam_v)
+        );
+        assert!(!store.staging_dir(world as u64).exists(), "staging renamed");
+    }
+    assert_eq!(
+        store.latest().unwrap(),
+        Some(store.root().join("step-000003"))
+    );
+}
+
+#[test]
+fn damaged_shards_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(tmp.path(), 5);
+    let dir = save_sharded(&store, &sample(4), 2);
+    let tensors = dir.join("shard-0001-of-0002.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&tensors, &bytes).unwrap();
+    let (e, msg) = load_err(&dir);
+    assert!(matches!(e, TrainError::ChecksumMismatch { .. }), "{msg}");
+    std::fs::remove_file(&tensors).unwrap();
+    let (e, msg) = load_err(&dir);
+    assert!(matches!(e, TrainError::CheckpointMissing { .. }), "{msg}");
+    // A record whose range overlaps another rank's (same length, shifted by one).
+    let dir = save_sharded(&store, &sample(5), 2);
+    let record = dir.join("shard-0001-of-0002.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let mut r: sharded::ShardRecord = serde_json::from_str(&text).unwrap();
+    r.ranges[0] = (r.ranges[0].0 - 1, r.ranges[0].1 - 1);
+    std::fs::write(&record, serde_json::to_string(&r).unwrap()).unwrap();
+    let (e, msg) = load_err(&dir);
+    assert!(matches!(e, TrainError::CheckpointCorrupt { .. }), "{msg}");
+}
+
+#[test]
+fn a_damaged_latest_falls_back_to_the_one_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(tmp.path(), 5);
+    store.save(&sample(2)).unwrap();
+    let newest = save_sharded(&store, &sample(4), 2);
+    std::fs::remove_file(newest.join("shard-0000-of-0002.safetensors")).unwrap();
+    let (dir, ckpt) = load_checkpoint(tmp.path()).unwrap();
+    assert_eq!((dir, ckpt.meta.step), (store.root().join("step-000002"), 2));
+    // Named directly, the damaged checkpoint is refused.
+    assert!(load_checkpoint(&newest).is_err());
+}

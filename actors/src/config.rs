@@ -67,6 +67,9 @@ pub struct TrainConfig {
     /// Start from these weights (a shoal checkpoint or a Hugging Face GPT-2 directory)
     /// instead of a random initialisation; the architecture then comes from there.
     pub init: Option<PathBuf>,
+    /// Where the steps run: `cpu`, or `cuda` / `cuda:N` (GPU N, one rank only; needs
+    /// a binary built with the `cuda` feature). See [`Device`].
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +99,7 @@ impl Default for TrainConfig {
             ranks: 1,
             zero: 0,
             init: None,
+            device: "cpu".into(),
         }
     }
 }
@@ -208,6 +212,57 @@ impl Default for DataSpec {
     }
 }
 
+/// Where a run's training steps execute, parsed from [`TrainConfig::device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU kernels on the rayon pool.
+    Cpu,
+    /// The CUDA GPU with this ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl Device {
+    /// Parses `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let wrong = || {
+            invalid(
+                "device",
+                format!("must be `cpu`, `cuda` or `cuda:N` (N a GPU number), got `{text}`"),
+            )
+        };
+        match text {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match text.strip_prefix("cuda:") {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    n.parse().map(Device::Cuda).map_err(|_| wrong())
+                }
+                _ => Err(wrong()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The error of a `cuda` device in a binary built without the `cuda` feature.
+pub(crate) fn built_without_cuda(device: &str) -> TrainError {
+    invalid(
+        "device",
+        format!(
+            "is `{device}` but this shoal was built without CUDA; rebuild with \
+             `cargo build --release --features cuda`"
+        ),
+    )
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> TrainError {
     TrainError::InvalidConfig {
         field,
@@ -253,6 +308,11 @@ impl TrainConfig {
         }
     }
 
+    /// The device the steps run on (`device` parsed; see [`Device::parse`]).
+    pub fn device(&self) -> Result<Device> {
+        Device::parse(&self.device)
+    }
+
     /// Checks every field and returns the model configuration it describes.
     ///
     /// When `init` is set the architecture comes from the initial weights; call
@@ -279,6 +339,21 @@ impl TrainConfig {
         positive("keep_checkpoints", self.keep_checkpoints)?;
         positive("ranks", self.ranks)?;
         crate::zero::ZeroStage::from_number(self.zero)?;
+        if let Device::Cuda(_) = self.device()? {
+            if self.ranks > 1 {
+                return Err(invalid(
+                    "device",
+                    format!(
+                        "`{}` with ranks = {}: training on several GPUs is not yet supported \
+                         (use one rank per GPU run, or device = \"cpu\")",
+                        self.device, self.ranks
+                    ),
+                ));
+            }
+            if !cfg!(feature = "cuda") {
+                return Err(built_without_cuda(&self.device));
+            }
+        }
         if self.seq_len > model.n_positions {
             return Err(invalid(
                 "seq_len",
@@ -440,6 +515,44 @@ mod tests {
         assert!(e.contains("foo"), "{e}");
         let e = parse("batch_size = \"eight\"\n").unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn device_parses_and_is_validated() {
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(Device::parse("cuda:3").unwrap(), Device::Cuda(3));
+        for bad in [
+            "gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cuda:1:2", " cpu", "",
+        ] {
+            let e = Device::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("`device`") && e.contains("cuda:N"), "{bad}: {e}");
+        }
+        assert_eq!(TrainConfig::default().device().unwrap(), Device::Cpu);
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+
+        let c = parse("device = \"cuda:1\"\n").unwrap();
+        assert_eq!(c.device().unwrap(), Device::Cuda(1));
+        assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
+        // Configs written before `device` existed still load, on the CPU.
+        assert_eq!(parse("lr = 1e-3\n").unwrap().device, "cpu");
+
+        let e = parse("device = \"tpu\"\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("tpu"), "{e}");
+        let mut multi = parse("device = \"cuda\"\nranks = 2\n").unwrap();
+        let e = multi.validate().unwrap_err().to_string();
+        assert!(e.contains("not yet"), "{e}");
+        multi.ranks = 1;
+        let single = multi.validate();
+        if cfg!(feature = "cuda") {
+            single.unwrap();
+        } else {
+            let e = single.unwrap_err().to_string();
+            assert!(
+                e.contains("built without CUDA") && e.contains("--features cuda"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -136,6 +136,16 @@ pub enum TrainError {
         /// The checkpoints directory.
         path: PathBuf,
     },
+    /// The GPU of a `device = "cuda"` run could not be opened or failed during a step
+    /// (no driver or GPU on this machine, out of memory, a kernel error).
+    #[cfg(feature = "cuda")]
+    #[error("CUDA device {device}: {source}")]
+    Gpu {
+        /// The device, e.g. `cuda:0`.
+        device: String,
+        /// What the GPU code reported.
+        source: shoal_models::gpu::GpuModelError,
+    },
     /// A metrics file line is not a valid metrics record.
     #[error("{path}:{line}: {reason}")]
     BadMetrics {

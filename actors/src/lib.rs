@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod feeder;
+mod gpu_step;
 pub mod metrics;
 pub mod node;
 pub mod rank;
@@ -37,7 +38,7 @@ pub mod zero;
 pub use checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, META_FILE, STATE_FILE, resolve_checkpoint_dir,
 };
-pub use config::{DataSpec, ModelSpec, TrainConfig};
+pub use config::{DataSpec, Device, ModelSpec, TrainConfig};
 pub use error::{Result, TrainError};
 pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
 pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};

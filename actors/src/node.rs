@@ -71,6 +71,10 @@ pub enum NodeMsg {
     /// The first local rank's full-layout parameters (every local rank joins the
     /// gather at stage 3).
     Params(RpcReplyPort<Result<Vec<f32>>>),
+    /// Every local rank writes its shard of a sharded checkpoint into the staging
+    /// directory; answered once every rank of the ring has, with whether every rank
+    /// sees all the shards.
+    SaveShards(std::path::PathBuf, RpcReplyPort<Result<bool>>),
     /// The first local rank's full-layout AdamW moments (every local rank joins).
     GatherMoments(RpcReplyPort<Result<(Vec<f32>, Vec<f32>)>>),
     /// What each local rank holds.
@@ -182,6 +186,13 @@ impl Actor for NodeActor {
             NodeMsg::Params(reply) => {
                 let _ = reply.send(state.first(ShardMsg::Params).await);
             }
+            NodeMsg::SaveShards(dir, reply) => {
+                let save = |reply| ShardMsg::SaveShard {
+                    dir: dir.clone(),
+                    reply,
+                };
+                let _ = reply.send(state.first(save).await);
+            }
             NodeMsg::GatherMoments(reply) => {
                 let _ = reply.send(state.first(ShardMsg::GatherMoments).await);
             }
@@ -242,6 +253,7 @@ pub struct Node {
     actor: ActorRef<NodeMsg>,
     handle: Option<tokio::task::JoinHandle<()>>,
     stage: ZeroStage,
+    world: usize,
 }
 
 impl Node {
@@ -261,6 +273,7 @@ impl Node {
             spec.bucket_elems
         };
         let buckets = buckets(&model, bucket_elems);
+        let world = comms.first().map_or(1, Communicator::world);
         let ranks = comms
             .into_iter()
             .map(|comm| rank_args(spec, &model, &buckets, comm, &start))
@@ -273,7 +286,13 @@ impl Node {
             actor,
             handle: Some(handle),
             stage: spec.stage,
+            world,
         })
+    }
+
+    /// The size of the ring the node's ranks belong to.
+    pub fn world(&self) -> usize {
+        self.world
     }
 
     /// The stage the node runs.
@@ -301,8 +320,17 @@ impl Node {
         self.ask(NodeMsg::Params)?
     }
 
-    /// The full-layout AdamW moments (a collective: every process of the ring must
-    /// ask at the same step).
+    /// Every rank writes its shard of a sharded checkpoint into `dir` (a collective:
+    /// every process of the ring must ask at the same step; see
+    /// [`crate::checkpoint::sharded`]). True when every rank sees all the shards (the
+    /// ranks share a file system); otherwise the shards are of no use to rank 0.
+    pub fn save_shards(&self, dir: &std::path::Path) -> Result<bool> {
+        let dir = dir.to_path_buf();
+        self.ask(|reply| NodeMsg::SaveShards(dir, reply))?
+    }
+
+    /// The full-layout AdamW moments, gathered from every rank (a collective: every
+    /// process of the ring must ask at the same step).
     pub fn gather_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         self.ask(NodeMsg::GatherMoments)?
     }

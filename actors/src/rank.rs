@@ -42,7 +42,7 @@ pub enum RankMsg {
         /// The outcome.
         reply: RpcReplyPort<Result<ZeroOutcome>>,
     },
-    /// Questions for the rank's shard ([`ShardMsg::GatherMoments`], [`ShardMsg::Params`],
+    /// Requests for the rank's shard ([`ShardMsg::SaveShard`], [`ShardMsg::Params`],
     /// [`ShardMsg::Memory`]), passed on.
     Shard(ShardMsg),
 }
@@ -326,6 +326,8 @@ impl Actor for Rank {
             shared: shared.clone(),
             spans: args.spans,
             len,
+            rank: args.comm.rank(),
+            world: args.comm.world(),
         };
         let (shard, _) =
             Actor::spawn_linked(None, ParameterShard, shard_args, cell.clone()).await?;

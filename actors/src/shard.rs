@@ -18,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use shoal_collectives::{CollectiveError, ReduceOp};
 use shoal_kernels::DecaySpan;
 
+use crate::checkpoint::sharded::write_shard;
 use crate::error::{Result, TrainError};
 use crate::reducer::{Op, ReducerMsg, Reply};
 use crate::step::StepHyper;
@@ -76,6 +77,15 @@ pub enum ShardMsg {
     },
     /// Apply the step once `expect` reduced buckets have arrived.
     Apply(Box<ApplyArgs>),
+    /// Write this rank's shard of a sharded checkpoint into the directory, wait for
+    /// every rank's, and answer whether every rank sees all the shards there (a
+    /// shared file system) or not (a collective: every rank's shard is asked).
+    SaveShard {
+        /// The checkpoint's staging directory.
+        dir: std::path::PathBuf,
+        /// Whether all ranks see every shard, or why the shards could not be written.
+        reply: RpcReplyPort<Result<bool>>,
+    },
     /// The full-layout AdamW moments (a collective: every rank's shard is asked).
     GatherMoments(RpcReplyPort<Result<(Vec<f32>, Vec<f32>)>>),
     /// The full-layout parameters (a collective at stage 3: every rank's shard is
@@ -114,6 +124,10 @@ pub struct ShardArgs {
     pub spans: Vec<DecaySpan>,
     /// Length of the layout.
     pub len: usize,
+    /// This rank's number and the world size (for its checkpoint shard's name).
+    pub rank: usize,
+    /// The world size.
+    pub world: usize,
 }
 
 /// The shard's state.
@@ -122,6 +136,8 @@ pub struct ShardState {
     shared: Arc<Shared>,
     spans: Vec<DecaySpan>,
     len: usize,
+    rank: usize,
+    world: usize,
     offsets: Vec<usize>,
     reducer: Option<ActorRef<ReducerMsg>>,
     received: usize,
@@ -166,6 +182,50 @@ impl ShardState {
         }
         let ranges = self.zero.buckets.clone();
         self.run(Op::AllGatherRanges(ranges), full).await
+    }
+
+    /// Writes this rank's shard into `dir`; once every rank has (a barrier), answers
+    /// whether every rank sees all the shards in its `dir`.
+    async fn save_shard(&self, dir: &std::path::Path) -> Result<bool> {
+        tokio::task::block_in_place(|| self.write_shard(dir))?;
+        self.run(Op::AllReduce(ReduceOp::Sum), vec![0.0]).await?;
+        let names = crate::checkpoint::sharded::record_names(self.world);
+        let missing = names.iter().filter(|n| !dir.join(n).is_file()).count();
+        let everyone = self
+            .run(Op::AllReduce(ReduceOp::Sum), vec![missing as f32])
+            .await?;
+        Ok(everyone[0] == 0.0)
+    }
+
+    /// Writes this rank's pieces of the parameters and moments into `dir` (at stage
+    /// 0, where every rank holds everything, its `shard_range` of each piece, so the
+    /// ranks share the writing).
+    fn write_shard(&self, dir: &std::path::Path) -> Result<()> {
+        let z = &self.zero;
+        let (rank, world) = (self.rank, self.world);
+        let shared = read(&self.shared.params);
+        let mut ranges = Vec::with_capacity(z.pieces.len());
+        let mut own = [Vec::new(), Vec::new(), Vec::new()];
+        for (piece, &at) in z.pieces.iter().zip(&self.offsets) {
+            let r = if z.stage == ZeroStage::Replicated {
+                let p = shoal_collectives::shard_range(piece.len(), world, rank);
+                piece.start + p.start..piece.start + p.end
+            } else {
+                piece.clone()
+            };
+            let local = at + (r.start - piece.start)..at + (r.end - piece.start);
+            let params = if z.stage.shards_parameters() {
+                &z.params[local.clone()]
+            } else {
+                &shared[r.clone()]
+            };
+            own[0].extend_from_slice(params);
+            own[1].extend_from_slice(&z.adam_m[local.clone()]);
+            own[2].extend_from_slice(&z.adam_v[local]);
+            ranges.push(r);
+        }
+        let [p, m, v] = own;
+        write_shard(dir, rank, world, &ranges, &p, &m, &v)
     }
 
     fn take_reduced(&mut self, index: usize, result: Reply) {
@@ -297,6 +357,8 @@ impl Actor for ParameterShard {
             shared: args.shared,
             spans: args.spans,
             len: args.len,
+            rank: args.rank,
+            world: args.world,
             reducer: None,
             received: 0,
             stash: Vec::new(),
@@ -335,6 +397,9 @@ impl Actor for ParameterShard {
                 } else {
                     state.waiting = Some((args, Instant::now()));
                 }
+            }
+            ShardMsg::SaveShard { dir, reply } => {
+                let _ = reply.send(state.save_shard(&dir).await);
             }
             ShardMsg::GatherMoments(reply) => {
                 let m = state.gather(&state.zero.adam_m).await;

@@ -13,9 +13,10 @@ use shoal_data::{Mixture, SyntheticCorpus, Tokenizer};
 use shoal_kernels::DecaySpan;
 use shoal_models::{Gpt, GptConfig, SampleOptions};
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, resolve_checkpoint_dir};
+use crate::checkpoint::{Checkpoint, CheckpointStore, load_checkpoint};
 use crate::config::{DataSpec, TrainConfig};
 use crate::error::{Result, TrainError};
+use crate::gpu_step::GpuStep;
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
 use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
@@ -105,8 +106,7 @@ pub fn load_weights(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
     if path.join("config.json").is_file() && !path.join(crate::checkpoint::META_FILE).exists() {
         return Ok(shoal_models::hf::load(path)?);
     }
-    let dir = resolve_checkpoint_dir(path)?;
-    let ckpt = Checkpoint::load(&dir)?;
+    let (_, ckpt) = load_checkpoint(path)?;
     Ok((ckpt.meta.model, ckpt.params))
 }
 
@@ -125,6 +125,9 @@ pub struct Trainer {
     resumed_from: Option<PathBuf>,
     /// This process's rank of a multi-process ring, if it is one.
     comm: Option<Communicator>,
+    /// The GPU the steps run on (`device = "cuda"`); `state` is then brought up to
+    /// date by [`Trainer::sync_device`].
+    gpu: Option<GpuStep>,
 }
 
 impl Trainer {
@@ -146,20 +149,28 @@ impl Trainer {
 
     /// Resumes the run a checkpoint (or run directory) holds, with its stored config.
     pub fn resume(dir: &Path) -> Result<Self> {
-        let dir = resolve_checkpoint_dir(dir)?;
-        let meta = Checkpoint::load_meta(&dir)?;
-        let config = meta.train.ok_or_else(|| TrainError::CheckpointCorrupt {
-            path: dir.join(crate::checkpoint::META_FILE),
-            reason: "holds no training config (imported weights?); use it as `init` instead".into(),
-        })?;
-        Self::resume_with(&dir, config)
+        let (dir, ckpt) = load_checkpoint(dir)?;
+        let config = ckpt
+            .meta
+            .train
+            .clone()
+            .ok_or_else(|| TrainError::CheckpointCorrupt {
+                path: dir.join(crate::checkpoint::META_FILE),
+                reason: "holds no training config (imported weights?); use it as `init` instead"
+                    .into(),
+            })?;
+        Self::resume_from(dir, ckpt, config)
     }
 
     /// Resumes from a checkpoint with a (possibly changed) config; the architecture comes
     /// from the checkpoint. Changing batch shape or seed changes the data order.
     pub fn resume_with(dir: &Path, config: TrainConfig) -> Result<Self> {
-        let dir = resolve_checkpoint_dir(dir)?;
-        let ckpt = Checkpoint::load(&dir)?;
+        let (dir, ckpt) = load_checkpoint(dir)?;
+        Self::resume_from(dir, ckpt, config)
+    }
+
+    /// Resumes from the loaded checkpoint `ckpt` of directory `dir`.
+    fn resume_from(dir: PathBuf, ckpt: Checkpoint, config: TrainConfig) -> Result<Self> {
         let mut t = Self::build(config, ckpt.meta.model.clone(), Some(ckpt.params))?;
         if ckpt.meta.tokenizer != t.data.tokenizer.describe() {
             tracing::warn!(
@@ -220,6 +231,7 @@ impl Trainer {
         };
         let compute = Replicas::new(&gpt.config, config.batch_size, t, config.resolved_threads())?;
         let n = config.batch_size * t;
+        let gpu = GpuStep::open(&config)?;
         Ok(Self {
             spans: gpt.layout.decay_spans(),
             schedule: LrSchedule {
@@ -237,6 +249,7 @@ impl Trainer {
             tokens_seen: 0,
             resumed_from: None,
             comm: None,
+            gpu,
             config,
         })
     }
@@ -251,7 +264,8 @@ impl Trainer {
         &self.model
     }
 
-    /// Parameters, gradients, moments and step.
+    /// Parameters, gradients, moments and step (on a GPU, the parameters and moments
+    /// as of the last [`Trainer::sync_device`]).
     pub fn state(&self) -> &TrainState {
         &self.state
     }
@@ -318,7 +332,10 @@ impl Trainer {
         let (model, state, compute, spans) =
             (&self.model, &mut self.state, &mut self.compute, &self.spans);
         let (tokens, targets) = (&mut self.tokens, &mut self.targets);
-        let out = train_step(model, state, compute, spans, &hp, tokens, targets, fill)?;
+        let out = match &mut self.gpu {
+            Some(gpu) => gpu.train_step(model, state, &hp, tokens, targets, fill)?,
+            None => train_step(model, state, compute, spans, &hp, tokens, targets, fill)?,
+        };
         let n_tokens = c.tokens_per_step();
         self.tokens_seen += n_tokens;
         Ok(StepStats {
@@ -334,6 +351,7 @@ impl Trainer {
     /// Mean validation loss of every domain over `eval_batches` micro-batches of windows
     /// spread evenly over its validation split (the same windows every time).
     pub fn evaluate(&mut self) -> Result<EvalStats> {
+        self.sync_device()?;
         let (b, t) = (self.config.batch_size, self.config.seq_len);
         let batches = self.config.eval_batches.max(1);
         let wanted = batches * b;
@@ -373,6 +391,18 @@ impl Trainer {
             step: self.state.step,
             domains,
         })
+    }
+
+    /// Copies the parameters and AdamW moments of a GPU run back into
+    /// [`Trainer::state`] (a no-op on the CPU, or when no step ran since the last
+    /// copy). [`Trainer::run`] does this itself before evaluating, checkpointing and
+    /// returning; call it after [`Trainer::step`] before reading the state, sampling
+    /// or taking a checkpoint.
+    pub fn sync_device(&mut self) -> Result<()> {
+        match &mut self.gpu {
+            Some(gpu) => gpu.download(&mut self.state),
+            None => Ok(()),
+        }
     }
 
     /// The current state as a checkpoint.
@@ -421,6 +451,15 @@ impl Trainer {
     /// multi-process ring: rank 0 runs the loop as here, the others only take their
     /// part in each step (and return a summary without metrics).
     pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
+        if self.gpu.is_some() && self.comm.is_some() {
+            return Err(TrainError::InvalidConfig {
+                field: "device",
+                reason: format!(
+                    "`{}` with several processes: training on several GPUs is not yet supported",
+                    self.config.device
+                ),
+            });
+        }
         if let Some(comm) = self.comm.take() {
             return if comm.rank() == 0 {
                 self.run_ranks(observer, vec![comm])
@@ -432,7 +471,9 @@ impl Trainer {
             let comms = local_comms(self.config.ranks)?;
             return self.run_ranks(observer, comms);
         }
-        self.run_loop(observer, &mut |t| t.step(), &mut |t| Ok(t.checkpoint()))
+        self.run_loop(observer, &mut |t| t.step(), &mut |t, store| {
+            store.save(&t.checkpoint())
+        })
     }
 
     /// Makes this trainer one rank of the ring `comm` belongs to (every process of
@@ -442,12 +483,13 @@ impl Trainer {
         self.comm = Some(comm);
     }
 
-    /// The run loop, taking steps and checkpoints with the given functions.
+    /// The run loop, taking steps with `step` and writing checkpoints into the store
+    /// with `checkpoint` (which returns the new checkpoint's directory).
     fn run_loop(
         &mut self,
         observer: &mut dyn TrainObserver,
         step: &mut dyn FnMut(&mut Self) -> Result<StepStats>,
-        checkpoint: &mut dyn FnMut(&mut Self) -> Result<Checkpoint>,
+        checkpoint: &mut dyn FnMut(&mut Self, &CheckpointStore) -> Result<PathBuf>,
     ) -> Result<RunSummary> {
         let start = Instant::now();
         let out_dir = self.config.out_dir.clone();
@@ -494,13 +536,14 @@ impl Trainer {
                 summary.last_eval = Some(e);
             }
             if (ckpt_every > 0 && s.step % ckpt_every == 0) || done {
-                let ckpt = checkpoint(self)?;
-                let dir = store.save(&ckpt)?;
+                self.sync_device()?;
+                let dir = checkpoint(self, &store)?;
                 observer.on_checkpoint(s.step, &dir);
                 summary.checkpoint = Some(dir);
             }
             summary.last_step = Some(s);
         }
+        self.sync_device()?;
         summary.step = self.state.step;
         summary.seconds = start.elapsed().as_secs_f64();
         Ok(summary)

@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// ZeRO stage of the ranks: 0, 1 or 2.
     #[arg(long)]
     pub zero: Option<u8>,
+    /// Where the steps run: cpu, or cuda / cuda:N (one GPU; needs a build with
+    /// `--features cuda`).
+    #[arg(long, value_name = "cpu|cuda|cuda:N")]
+    pub device: Option<String>,
     /// Start from these weights: a shoal checkpoint or a Hugging Face GPT-2 directory.
     #[arg(long, value_name = "DIR")]
     pub init: Option<PathBuf>,
@@ -226,6 +230,7 @@ impl TrainArgs {
         set(&mut c.threads, self.threads);
         set(&mut c.ranks, self.ranks);
         set(&mut c.zero, self.zero);
+        set(&mut c.device, self.device.clone());
         if self.init.is_some() {
             c.init = self.init.clone();
         }
@@ -311,19 +316,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return super::procs::run_child(build_trainer(&args)?, cluster, rank);
     }
     let mut trainer = build_trainer(&args)?;
+    if args.procs.is_some_and(|n| n > 1) && trainer.config().device != "cpu" {
+        bail!(
+            "--procs with --device {}: training on several GPUs is not yet supported",
+            trainer.config().device
+        );
+    }
     let procs = match args.procs {
         Some(n) if n > 1 => Some(super::procs::start(&mut trainer, n)?),
         _ => None,
     };
     let c = trainer.config();
+    let on = match c.device.as_str() {
+        "cpu" => format!("{} threads", c.resolved_threads()),
+        gpu => gpu.to_string(),
+    };
     eprintln!(
-        "training {} params ({} layers, width {}) for {} steps of {} tokens on {} threads, {} rank(s), ZeRO {} -> {}",
+        "training {} params ({} layers, width {}) for {} steps of {} tokens on {on}, {} rank(s), ZeRO {} -> {}",
         trainer.model().num_params(),
         trainer.model().config.n_layer,
         trainer.model().config.n_embd,
         c.max_steps,
         c.tokens_per_step(),
-        c.resolved_threads(),
         c.ranks,
         c.zero,
         c.out_dir.display()
@@ -347,7 +361,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         procs.wait()?;
     }
     if let Some(s) = &summary.last_step {
-        println!("final step {}: train loss {:.4}", s.step, s.loss);
+        println!(
+            "final step {}: train loss {:.4} ({:.0} tokens/s)",
+            s.step,
+            s.loss,
+            s.tokens_per_s()
+        );
     }
     if let Some(dir) = &summary.checkpoint {
         println!("checkpoint: {}", dir.display());

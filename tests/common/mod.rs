@@ -15,3 +15,19 @@ pub fn losses(path: &Path) -> Vec<f64> {
         })
         .collect()
 }
+
+/// `got` is within 1e-5 of `want`'s norm.
+pub fn assert_close(want: &[f32], got: &[f32], what: &str) {
+    assert_eq!(want.len(), got.len(), "{what}: lengths");
+    let norm = want.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+    let diff = want
+        .iter()
+        .zip(got)
+        .map(|(u, v)| ((u - v) * (u - v)) as f64)
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        diff <= 1e-5 * norm,
+        "{what}: differ by {diff} (norm {norm})"
+    );
+}

@@ -3,10 +3,12 @@
 //! ([`Trainer::attach`]).
 //!
 //! Rank 0's trainer does everything a single-process run does besides (metrics,
-//! evaluation, checkpoints), with the full parameters fetched from the ranks only
-//! after the steps that evaluate or checkpoint (gathered from every rank at stage 3);
-//! the other processes only step, and join those gathers. Checkpoints keep the
-//! single-process format and resume at any world size.
+//! evaluation, committing checkpoints), with the full parameters fetched from the
+//! ranks only after the steps that evaluate or checkpoint (gathered from every rank
+//! at stage 3); the other processes only step, and join those gathers. Checkpoints
+//! are sharded: every rank writes its own pieces ([`crate::checkpoint::sharded`]);
+//! when the ranks turn out not to share a file system, the moments are gathered to
+//! rank 0, which writes a whole checkpoint instead. Either resumes at any world size.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use shoal_collectives::{CommConfig, Communicator, LocalHub};
 
 use super::{RunSummary, TrainObserver, Trainer};
+use crate::checkpoint::CheckpointStore;
 use crate::config::TrainConfig;
 use crate::error::Result;
 use crate::feeder::Fill;
@@ -63,6 +66,11 @@ fn log_memory(node: &Node) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Removes a staging directory whose shards rank 0 cannot see.
+fn remove_staging(dir: &std::path::Path) -> Result<()> {
+    std::fs::remove_dir_all(dir).map_err(|e| crate::error::TrainError::io(dir, e))
 }
 
 impl Trainer {
@@ -136,12 +144,18 @@ impl Trainer {
                     seconds: start.elapsed().as_secs_f64(),
                 })
             },
-            &mut |t| {
+            // Every rank writes its own shard and rank 0 commits the checkpoint; ranks
+            // without a shared file system send rank 0 the moments instead.
+            &mut |t, store| {
+                let staging = store.staging_dir(t.state.step);
+                if node.save_shards(&staging)? {
+                    return store.commit_sharded(&t.checkpoint(), node.world());
+                }
+                remove_staging(&staging)?;
                 let (m, v) = node.gather_moments()?;
                 let mut ckpt = t.checkpoint();
-                ckpt.adam_m = m;
-                ckpt.adam_v = v;
-                Ok(ckpt)
+                (ckpt.adam_m, ckpt.adam_v) = (m, v);
+                store.save(&ckpt)
             },
         )
     }
@@ -158,6 +172,7 @@ impl Trainer {
             self.config.max_steps,
             self.config.checkpoint_every,
         );
+        let store = CheckpointStore::new(&self.config.out_dir, self.config.keep_checkpoints);
         for step in first..max {
             node.step(step, self.hyper(step))?;
             if step == first {
@@ -168,7 +183,11 @@ impl Trainer {
                 node.params()?;
             }
             if (every > 0 && s.is_multiple_of(every)) || s == max {
-                node.gather_moments()?;
+                let staging = store.staging_dir(s);
+                if !node.save_shards(&staging)? {
+                    remove_staging(&staging)?;
+                    node.gather_moments()?;
+                }
             }
         }
         self.state.step = max.max(first);

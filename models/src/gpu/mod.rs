@@ -210,6 +210,26 @@ impl GpuGpt {
         Ok(gpu.download(&self.grads)?)
     }
 
+    /// The AdamW first and second moments, copied back to the host.
+    pub fn moments(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>), GpuModelError> {
+        Ok((gpu.download(&self.m)?, gpu.download(&self.v)?))
+    }
+
+    /// Replaces the AdamW moments (zero after [`GpuGpt::new`]) with `m` and `v`,
+    /// e.g. those of a checkpoint being resumed.
+    pub fn set_moments(&mut self, gpu: &Gpu, m: &[f32], v: &[f32]) -> Result<(), GpuModelError> {
+        check_len("adam_m", self.m.len(), m.len())?;
+        check_len("adam_v", self.v.len(), v.len())?;
+        let stream = gpu.stream();
+        stream
+            .memcpy_htod(m, &mut self.m)
+            .map_err(CudaError::from)?;
+        stream
+            .memcpy_htod(v, &mut self.v)
+            .map_err(CudaError::from)?;
+        Ok(())
+    }
+
     /// Zeroes the gradients (the start of a step).
     pub fn zero_grads(&mut self, gpu: &Gpu) -> Result<(), GpuModelError> {
         gpu.stream()
@@ -384,8 +404,9 @@ impl GpuGpt {
         Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32)
     }
 
-    /// Clips the gradients to global norm `grad_clip` (torch semantics) and
-    /// takes one AdamW step at 1-based `step`; returns the norm before clipping.
+    /// Clips the gradients to global norm `grad_clip` (torch semantics; 0 turns
+    /// clipping off, as in the CPU trainer) and takes one AdamW step at 1-based
+    /// `step`; returns the norm before clipping.
     pub fn step(
         &mut self,
         gpu: &Gpu,
@@ -394,9 +415,11 @@ impl GpuGpt {
         grad_clip: f32,
     ) -> Result<f32, GpuModelError> {
         let norm = k::sum_of_squares(gpu, &self.grads)?.sqrt() as f32;
-        let coef = clip_coefficient(norm, grad_clip);
-        if coef < 1.0 {
-            k::scale_inplace(gpu, &mut self.grads, coef)?;
+        if grad_clip > 0.0 {
+            let coef = clip_coefficient(norm, grad_clip);
+            if coef < 1.0 {
+                k::scale_inplace(gpu, &mut self.grads, coef)?;
+            }
         }
         k::adamw_update(
             gpu,

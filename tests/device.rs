@@ -1,0 +1,106 @@
+//! `shoal train --device`: asking for a GPU where there is none (or in a build without
+//! the `cuda` feature) is a clear error naming CUDA and a non-zero exit, never a panic;
+//! so are a device that is not one, and several ranks on a GPU.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn shoal(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the shoal binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: exit status 1, `error:` naming every needle, no panic.
+fn assert_fails(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in stderr: {err}");
+    }
+}
+
+/// A two-step run of a very small model on the built-in corpus, then `extra`.
+fn train(cwd: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data-builtin",
+        "--tokens-per-domain",
+        "6000",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--n-head",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--threads",
+        "1",
+        "--out-dir",
+        "run",
+    ];
+    args.extend_from_slice(extra);
+    shoal(&args, cwd)
+}
+
+#[test]
+fn cuda_without_a_gpu_or_cuda_build_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = train(tmp.path(), &["--device", "cuda"]);
+    if cfg!(feature = "cuda") && o.status.success() {
+        // A CUDA build on a machine with a GPU: the run trained there.
+        assert!(tmp.path().join("run/checkpoints").is_dir());
+        return;
+    }
+    if cfg!(feature = "cuda") {
+        // No driver or no device: the typed error of the GPU code, under the device name.
+        assert_fails(&o, &["CUDA device cuda:0"]);
+    } else {
+        assert_fails(
+            &o,
+            &[
+                "`device`",
+                "built without CUDA",
+                "cargo build --release --features cuda",
+            ],
+        );
+    }
+    assert!(
+        !tmp.path().join("run/checkpoints").exists(),
+        "a failed start leaves no checkpoints"
+    );
+}
+
+#[test]
+fn cpu_device_trains_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = train(tmp.path(), &["--device", "cpu"]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let config = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
+    assert!(config.contains("device = \"cpu\""), "{config}");
+}
+
+#[test]
+fn unknown_devices_and_several_gpu_ranks_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = train(tmp.path(), &["--device", "gpu0"]);
+    assert_fails(&o, &["`device`", "gpu0", "cuda:N"]);
+    let o = train(tmp.path(), &["--device", "cuda:1", "--ranks", "2"]);
+    assert_fails(&o, &["`device`", "not yet"]);
+}
