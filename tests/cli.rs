@@ -2,82 +2,15 @@
 //! input, which must give a clear error naming the file and a non-zero exit, never a panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 
-use common::{assert_close, losses};
+use common::{
+    SMALL, assert_close, assert_fails, assert_losses_match, assert_ok, losses, shoal, stderr,
+    stdout, train,
+};
 use shoal::actors::{Checkpoint, STATE_FILE};
-
-fn shoal(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the shoal binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Asserts a clean failure: exit status 1, `error:` naming every needle, no panic.
-fn assert_fails(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
-    assert!(
-        err.starts_with("error: ") || err.contains("\nerror: "),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected `{n}` in stderr: {err}");
-    }
-}
-
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// Flags of a very small, fast run on the built-in corpus.
-const SMALL: &[&str] = &[
-    "--data-builtin",
-    "--tokens-per-domain",
-    "6000",
-    "--n-layer",
-    "1",
-    "--n-embd",
-    "32",
-    "--n-head",
-    "2",
-    "--batch-size",
-    "2",
-    "--seq-len",
-    "32",
-    "--eval-every",
-    "2",
-    "--eval-batches",
-    "1",
-    "--threads",
-    "2",
-];
-
-fn train(dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["train"];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(extra);
-    shoal(&args, dir)
-}
 
 /// Trains 3 steps into `dir/run` and returns the checkpoint directory.
 fn trained(dir: &Path) -> PathBuf {
@@ -386,14 +319,7 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
         losses(&dir.join("dp/metrics.jsonl")),
     );
     assert_eq!(a.len(), 6);
-    assert_eq!(a.len(), b.len());
-    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs(),
-            "step {}: {x} vs {y}",
-            step + 1
-        );
-    }
+    assert_losses_match(&a, &b, "ranks against one rank");
     let (p, q) = (
         Checkpoint::load(&dir.join("one/checkpoints/step-000006")).unwrap(),
         Checkpoint::load(&dir.join("dp/checkpoints/step-000006")).unwrap(),
@@ -418,14 +344,7 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
     ];
     assert_ok(&train(dir, &z3));
     let c = losses(&dir.join("z3/metrics.jsonl"));
-    assert_eq!(a.len(), c.len());
-    for (step, (x, y)) in a.iter().zip(&c).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs(),
-            "stage 3 step {}: {x} vs {y}",
-            step + 1
-        );
-    }
+    assert_losses_match(&a, &c, "stage 3");
     // Its checkpoint is sharded (each rank wrote its pieces) and reassembles whole.
     let z = Checkpoint::load(&dir.join("z3/checkpoints/step-000006")).unwrap();
     assert_eq!(z.meta.shards.len(), 3);

@@ -3,60 +3,18 @@
 //! so are a device that is not one, and several ranks on a GPU.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn shoal(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the shoal binary runs")
-}
+mod common;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{assert_fails, stderr};
 
-/// Asserts a clean failure: exit status 1, `error:` naming every needle, no panic.
-fn assert_fails(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected `{n}` in stderr: {err}");
-    }
-}
-
-/// A two-step run of a very small model on the built-in corpus, then `extra`.
+/// A two-step run of a very small model on the built-in corpus into `run`, then
+/// `extra`.
 fn train(cwd: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--data-builtin",
-        "--tokens-per-domain",
-        "6000",
-        "--n-layer",
-        "1",
-        "--n-embd",
-        "32",
-        "--n-head",
-        "2",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "16",
-        "--max-steps",
-        "2",
-        "--eval-every",
-        "0",
-        "--threads",
-        "1",
-        "--out-dir",
-        "run",
-    ];
+    let mut args = vec!["--max-steps", "2", "--out-dir", "run"];
     args.extend_from_slice(extra);
-    shoal(&args, cwd)
+    common::train(cwd, &args)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_close, losses};
+use common::{assert_close, assert_losses_match, losses};
 use shoal::actors::Checkpoint;
 
 /// A tiny run: three steps, one row of the batch per rank of three.
@@ -206,14 +206,7 @@ fn three_nodes_train_like_three_ranks() {
         losses(&dir.join("lead/run/metrics.jsonl")),
     );
     assert_eq!(a.len(), 3);
-    assert_eq!(a.len(), b.len());
-    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs(),
-            "step {}: {x} vs {y}",
-            step + 1
-        );
-    }
+    assert_losses_match(&a, &b, "three nodes");
     let (p, q) = (
         Checkpoint::load(&dir.join("lead/ref/checkpoints/step-000003")).unwrap(),
         Checkpoint::load(&dir.join("lead/run/checkpoints/step-000003")).unwrap(),

@@ -3,15 +3,13 @@
 //! trainer step on the same global batch: per-step losses within 1e-5 relative, final
 //! parameters within 1e-5 of their norm, the same global sample indices.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_actors::{
     Fill, MemoryReport, Node, NodeSpec, Replicas, StartState, StepHyper, TrainState, ZeroShard,
     ZeroStage, buckets, train_step,
 };
-use shoal_collectives::tls::ClusterCa;
-use shoal_collectives::{CommConfig, Communicator, LocalHub, QuicNode, QuicOptions};
+use shoal_collectives::{CommConfig, Communicator, LocalHub, loopback_ring};
 use shoal_models::{Gpt, GptConfig};
 
 const BATCH: usize = 4;
@@ -211,32 +209,9 @@ fn zero_stages_match_the_single_rank_step() {
 #[test]
 fn zero_stages_over_quic_match_the_single_rank_step() {
     let reference = single_rank();
-    let ca = ClusterCa::generate("zero-test").unwrap();
     for world in [2, 3] {
-        let nodes: Vec<QuicNode> = (0..world)
-            .map(|i| {
-                let id = ca.issue(&format!("node-{i}")).unwrap();
-                let any = "127.0.0.1:0".parse().unwrap();
-                QuicNode::bind(any, &id, QuicOptions::default()).unwrap()
-            })
-            .collect();
-        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr().unwrap()).collect();
-        for (generation, stage) in STAGES.into_iter().enumerate() {
-            let comms = std::thread::scope(|s| {
-                let forming: Vec<_> = nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(rank, node)| {
-                        let addrs = &addrs;
-                        let g = generation as u64;
-                        s.spawn(move || node.communicator(g, addrs, rank, CommConfig::default()))
-                    })
-                    .collect();
-                forming
-                    .into_iter()
-                    .map(|h| h.join().unwrap().unwrap())
-                    .collect()
-            });
+        for stage in STAGES {
+            let (_endpoints, comms) = loopback_ring(world, 0, &CommConfig::default()).unwrap();
             let runs = distributed(comms, stage, 1000);
             assert_matches(&reference, &runs, &format!("QUIC {stage:?} world {world}"));
         }

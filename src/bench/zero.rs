@@ -13,8 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use shoal_actors::{Fill, Node, NodeSpec, StartState, ZeroStage};
-use shoal_collectives::tls::ClusterCa;
-use shoal_collectives::{CommConfig, Communicator, LocalHub, QuicNode, QuicOptions};
+use shoal_collectives::{CommConfig, Communicator, LocalHub, QuicNode, loopback_ring};
 use shoal_models::{Activations, Gpt, GptConfig};
 
 use super::train::{PEER_HYPER, PeerShape, random_row, torch_peer_run};
@@ -130,32 +129,7 @@ fn ring(transport: Transport, world: usize) -> Result<(Vec<Communicator>, Vec<Qu
     if transport == Transport::Local {
         return Ok((LocalHub::new().group(world, CommConfig::default())?, vec![]));
     }
-    let ca = ClusterCa::generate("bench")?;
-    let nodes = (0..world)
-        .map(|i| {
-            let id = ca.issue(&format!("node-{i}"))?;
-            let any = ([127, 0, 0, 1], 0).into();
-            Ok(QuicNode::bind(any, &id, QuicOptions::default())?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let addrs = nodes
-        .iter()
-        .map(QuicNode::local_addr)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let comms = std::thread::scope(|s| {
-        let forming: Vec<_> = nodes
-            .iter()
-            .enumerate()
-            .map(|(rank, node)| {
-                let addrs = &addrs;
-                s.spawn(move || node.communicator(0, addrs, rank, CommConfig::default()))
-            })
-            .collect();
-        forming
-            .into_iter()
-            .map(|h| h.join().expect("forming thread"))
-            .collect::<std::result::Result<Vec<_>, _>>()
-    })?;
+    let (nodes, comms) = loopback_ring(world, 0, &CommConfig::default())?;
     Ok((comms, nodes))
 }
 
