@@ -34,6 +34,6 @@ pub use comm::{AbortHandle, Communicator, Pending};
 pub use engine::{CommConfig, CommStats};
 pub use error::{CollectiveError, FrameError};
 pub use local::{LocalFaults, LocalHub};
-pub use loopback::loopback_ring;
+pub use loopback::{form_ring, loopback_ring};
 pub use quic::{QuicNode, QuicOptions};
 pub use ring::{ReduceOp, shard_range};

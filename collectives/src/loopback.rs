@@ -27,11 +27,22 @@ pub fn loopback_ring(
             QuicNode::bind(any, &id, QuicOptions::default())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let comms = form_ring(&nodes, generation, config)?;
+    Ok((nodes, comms))
+}
+
+/// The communicators of one ring of generation `generation` over `nodes` (rank `r`
+/// is `nodes[r]`), formed from threads of this process.
+pub fn form_ring(
+    nodes: &[QuicNode],
+    generation: u64,
+    config: &CommConfig,
+) -> Result<Vec<Communicator>, CollectiveError> {
     let addrs = nodes
         .iter()
         .map(QuicNode::local_addr)
         .collect::<Result<Vec<_>, _>>()?;
-    let comms = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let forming: Vec<_> = nodes
             .iter()
             .enumerate()
@@ -43,7 +54,6 @@ pub fn loopback_ring(
         forming
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(CollectiveError::WorkerGone)))
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    Ok((nodes, comms))
+            .collect()
+    })
 }

@@ -3,7 +3,6 @@
 //! transport's, re-forming after a node goes away, and refusing a node
 //! without the cluster's certificate.
 
-use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_collectives::tls::ClusterCa;
 use shoal_collectives::{
-    CollectiveError, CommConfig, Communicator, LocalHub, QuicNode, QuicOptions, ReduceOp,
+    CollectiveError, CommConfig, Communicator, LocalHub, QuicNode, QuicOptions, ReduceOp, form_ring,
 };
 
 fn inputs(world: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -61,24 +60,6 @@ fn script(c: &mut Communicator, input: &[f32]) -> Vec<Vec<f32>> {
     out
 }
 
-fn form_all(nodes: &[QuicNode], generation: u64, config: &CommConfig) -> Vec<Communicator> {
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr().unwrap()).collect();
-    thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .enumerate()
-            .map(|(rank, node)| {
-                let addrs = &addrs;
-                s.spawn(move || node.communicator(generation, addrs, rank, config.clone()))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap())
-            .collect()
-    })
-}
-
 #[test]
 fn quic_ring_equals_in_process_ring() {
     let ca = ClusterCa::generate("test").unwrap();
@@ -86,7 +67,7 @@ fn quic_ring_equals_in_process_ring() {
         let len = 10_000 + world;
         let ins = inputs(world, len, world as u64);
         let quic_nodes = nodes(&ca, world, &QuicOptions::default());
-        let comms = form_all(&quic_nodes, 0, &config());
+        let comms = form_ring(&quic_nodes, 0, &config()).unwrap();
         let local = LocalHub::new().group(world, config()).unwrap();
         let (over_quic, in_process): (Vec<_>, Vec<_>) = thread::scope(|s| {
             let q: Vec<_> = comms
@@ -128,7 +109,7 @@ fn lost_node_then_new_generation() {
         timeout,
         ..config()
     };
-    let comms = form_all(&quic_nodes, 0, &cfg);
+    let comms = form_ring(&quic_nodes, 0, &cfg).unwrap();
     let ins = inputs(3, 1 << 20, 1);
     let victim = 1;
     let results: Vec<Option<(CollectiveError, Duration)>> = thread::scope(|s| {
@@ -170,7 +151,7 @@ fn lost_node_then_new_generation() {
     }
     // The victim's endpoint goes away; survivors form generation 1.
     drop(quic_nodes.remove(victim));
-    let comms = form_all(&quic_nodes, 1, &cfg);
+    let comms = form_ring(&quic_nodes, 1, &cfg).unwrap();
     let survivors = [ins[0].clone(), ins[2].clone()];
     let sums: Vec<Vec<f32>> = thread::scope(|s| {
         comms
