@@ -1,5 +1,6 @@
 //! `shoal demo`: train the tiny model on the built-in corpus for a minute or two on two
-//! cores, show the loss falling toward each domain's floor, then sample from the model.
+//! cores, as two data-parallel ranks (actors of this process) under ZeRO stage 2, show
+//! the loss falling toward each domain's floor, then sample from the model.
 
 use std::path::PathBuf;
 
@@ -20,9 +21,15 @@ pub struct DemoArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = DEMO_STEPS)]
     pub steps: u64,
-    /// Compute threads (0: all cores).
+    /// Compute threads (0: all cores), shared by the ranks.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Data-parallel ranks (threads of this process; 1 trains without ranks).
+    #[arg(long, default_value_t = 2)]
+    pub ranks: usize,
+    /// ZeRO stage of the ranks (0-3).
+    #[arg(long, default_value_t = 2)]
+    pub zero: u8,
 }
 
 /// Steps of the demo: about 1.5 minutes on two Zen 4 cores.
@@ -51,6 +58,8 @@ pub fn demo_config(a: &DemoArgs) -> TrainConfig {
         keep_checkpoints: 1,
         out_dir: a.out_dir.clone(),
         threads: a.threads,
+        ranks: a.ranks,
+        zero: a.zero,
         ..TrainConfig::default()
     }
 }
@@ -63,7 +72,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let c = trainer.config();
     println!(
         "shoal demo: a {}-parameter GPT ({} layers, {} heads, width {}) learns the built-in \
-         corpus ({}) for {} steps of {} tokens on {} threads",
+         corpus ({}) for {} steps of {} tokens on {} threads, {} rank(s) under ZeRO stage {}",
         trainer.model().num_params(),
         trainer.model().config.n_layer,
         trainer.model().config.n_head,
@@ -78,6 +87,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         c.max_steps,
         c.tokens_per_step(),
         c.resolved_threads(),
+        c.ranks,
+        c.zero,
     );
     println!("validation loss in nats/token; floor = the best any model can do on that domain");
     let (summary, plot) = train_with_progress(&mut trainer)?;
