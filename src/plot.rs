@@ -39,6 +39,7 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
                 }
                 floors.extend(floor.iter().map(|(k, v)| (k.clone(), *v)));
             }
+            MetricsRecord::Memory { .. } => {}
         }
     }
     draw(&train, &evals, &floors, out)

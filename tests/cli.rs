@@ -10,7 +10,7 @@ use common::{
     SMALL, assert_close, assert_fails, assert_losses_match, assert_ok, losses, shoal, stderr,
     stdout, train,
 };
-use shoal::actors::{Checkpoint, STATE_FILE};
+use shoal::actors::{Checkpoint, MemoryReport, MetricsRecord, STATE_FILE, ZeroStage, read_metrics};
 
 /// Trains 3 steps into `dir/run` and returns the checkpoint directory.
 fn trained(dir: &Path) -> PathBuf {
@@ -345,6 +345,26 @@ fn zero_ranks_match_one_rank_and_resume_at_another_world_size() {
     assert_ok(&train(dir, &z3));
     let c = losses(&dir.join("z3/metrics.jsonl"));
     assert_losses_match(&a, &c, "stage 3");
+    // Its metrics hold each rank's bytes: ZeRO-3's 16Ψ/W, to a few elements per part.
+    let memory = read_metrics(&dir.join("z3/metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r {
+            MetricsRecord::Memory { ranks, .. } => Some(ranks),
+            _ => None,
+        })
+        .expect("a memory record");
+    assert_eq!(memory.len(), 3);
+    let psi = p.params.len();
+    let formula = MemoryReport::per_rank(ZeroStage::ParametersSharded, psi, 3);
+    for m in &memory {
+        let state = m.params + m.grads + m.optimizer;
+        assert!(
+            state.abs_diff(formula.total()) <= 64,
+            "{m:?} vs {formula:?}"
+        );
+        assert!(m.buffers > 0, "{m:?}");
+    }
     // Its checkpoint is sharded (each rank wrote its pieces) and reassembles whole.
     let z = Checkpoint::load(&dir.join("z3/checkpoints/step-000006")).unwrap();
     assert_eq!(z.meta.shards.len(), 3);

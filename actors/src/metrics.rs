@@ -2,6 +2,8 @@
 //!
 //! Step lines: `{"step","loss","lr","grad_norm","tokens","tokens_per_s","seconds"}`.
 //! Eval lines: `{"step","eval":{domain: loss},"floor":{domain: nats}}`.
+//! Memory lines (data-parallel runs, once): `{"step","memory":[{"params","grads","optimizer","buffers"}]}`,
+//! bytes per local rank.
 //! Each line is flushed as it is written, so a crashed run leaves a readable file; a
 //! resumed run drops the lines after its checkpoint's step before appending.
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::zero::MemoryReport;
 
 /// What one optimizer step did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -76,6 +79,14 @@ pub enum MetricsRecord {
         /// Domain → entropy floor, for domains that have one.
         floor: BTreeMap<String, f64>,
     },
+    /// What each rank of a data-parallel run holds, in bytes (written once, after
+    /// the first step).
+    Memory {
+        /// Steps completed when it was measured.
+        step: u64,
+        /// This process's ranks, in order.
+        ranks: Vec<MemoryReport>,
+    },
 }
 
 impl MetricsRecord {
@@ -83,7 +94,7 @@ impl MetricsRecord {
     pub fn step(&self) -> u64 {
         match self {
             MetricsRecord::Step(s) => s.step,
-            MetricsRecord::Eval { step, .. } => *step,
+            MetricsRecord::Eval { step, .. } | MetricsRecord::Memory { step, .. } => *step,
         }
     }
 }
@@ -105,6 +116,21 @@ struct EvalLine {
     eval: BTreeMap<String, f64>,
     #[serde(default)]
     floor: BTreeMap<String, f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemoryLine {
+    step: u64,
+    memory: Vec<RankBytes>,
+}
+
+/// One rank's bytes as a metrics line holds them.
+#[derive(Serialize, Deserialize)]
+struct RankBytes {
+    params: usize,
+    grads: usize,
+    optimizer: usize,
+    buffers: usize,
 }
 
 /// Appends metrics lines to `metrics.jsonl`.
@@ -184,6 +210,20 @@ impl MetricsWriter {
         })
     }
 
+    /// Writes what each rank holds after `step` steps.
+    pub fn log_memory(&mut self, step: u64, ranks: &[MemoryReport]) -> Result<()> {
+        let memory = ranks
+            .iter()
+            .map(|m| RankBytes {
+                params: m.params,
+                grads: m.grads,
+                optimizer: m.optimizer,
+                buffers: m.buffers,
+            })
+            .collect();
+        self.write_line(&MemoryLine { step, memory })
+    }
+
     /// Writes one evaluation line.
     pub fn log_eval(&mut self, e: &EvalStats) -> Result<()> {
         self.write_line(&EvalLine {
@@ -218,7 +258,22 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
         };
         let value: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let record = if value.get("eval").is_some() {
+        let record = if value.get("memory").is_some() {
+            let m: MemoryLine = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+            MetricsRecord::Memory {
+                step: m.step,
+                ranks: m
+                    .memory
+                    .into_iter()
+                    .map(|r| MemoryReport {
+                        params: r.params,
+                        grads: r.grads,
+                        optimizer: r.optimizer,
+                        buffers: r.buffers,
+                    })
+                    .collect(),
+            }
+        } else if value.get("eval").is_some() {
             let e: EvalLine = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
             MetricsRecord::Eval {
                 step: e.step,

@@ -21,6 +21,7 @@ use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
 use crate::replicas::Replicas;
 use crate::schedule::LrSchedule;
 use crate::step::{StepHyper, TrainState, train_step};
+use crate::zero::MemoryReport;
 
 /// Receives progress from [`Trainer::run`]; every method has an empty default.
 pub trait TrainObserver {
@@ -125,6 +126,9 @@ pub struct Trainer {
     resumed_from: Option<PathBuf>,
     /// This process's rank of a multi-process ring, if it is one.
     comm: Option<Communicator>,
+    /// What the local ranks hold, measured after the first data-parallel step and
+    /// not yet written to the metrics.
+    rank_memory: Vec<MemoryReport>,
     /// The GPU the steps run on (`device = "cuda"`); `state` is then brought up to
     /// date by [`Trainer::sync_device`].
     gpu: Option<GpuStep>,
@@ -249,6 +253,7 @@ impl Trainer {
             tokens_seen: 0,
             resumed_from: None,
             comm: None,
+            rank_memory: Vec::new(),
             gpu,
             config,
         })
@@ -527,6 +532,9 @@ impl Trainer {
         while self.state.step < max {
             let s = step(self)?;
             metrics.log_step(&s)?;
+            if !self.rank_memory.is_empty() {
+                metrics.log_memory(s.step, &std::mem::take(&mut self.rank_memory))?;
+            }
             observer.on_step(&s);
             let done = s.step == max;
             if eval_every > 0 && (s.step % eval_every == 0 || done) {

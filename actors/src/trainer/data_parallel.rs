@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::feeder::Fill;
 use crate::metrics::StepStats;
 use crate::node::{Node, NodeSpec, StartState};
-use crate::zero::ZeroStage;
+use crate::zero::{MemoryReport, ZeroStage};
 
 /// Gradient bucket size: PyTorch DDP's default of 25 MiB.
 const BUCKET_BYTES: usize = 25 << 20;
@@ -51,11 +51,12 @@ fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
     step == c.max_steps || every(c.eval_every) || every(c.checkpoint_every)
 }
 
-/// Logs what each local rank holds, after its first step (when the communication
-/// buffers have been measured).
-fn log_memory(node: &Node) -> Result<()> {
+/// What each local rank holds, after its first step (when the communication
+/// buffers have been measured), logged.
+fn rank_memory(node: &Node) -> Result<Vec<MemoryReport>> {
     let mib = |b: usize| b as f64 / 1048576.0;
-    for (i, m) in node.memory()?.iter().enumerate() {
+    let all = node.memory()?;
+    for (i, m) in all.iter().enumerate() {
         tracing::info!(
             "local rank {i} holds {:.1} MiB: parameters {:.1}, gradients {:.1}, AdamW {:.1}, communication buffers {:.1} (most at once)",
             mib(m.total()),
@@ -65,7 +66,7 @@ fn log_memory(node: &Node) -> Result<()> {
             mib(m.buffers)
         );
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Removes a staging directory whose shards rank 0 cannot see.
@@ -126,7 +127,7 @@ impl Trainer {
                 t.state.params = Vec::new();
                 let outs = node.step(step, hp)?;
                 if step == first {
-                    log_memory(&node)?;
+                    t.rank_memory = rank_memory(&node)?;
                 }
                 t.state.step += 1;
                 if needs_params_after(&t.config, t.state.step) {
@@ -176,7 +177,7 @@ impl Trainer {
         for step in first..max {
             node.step(step, self.hyper(step))?;
             if step == first {
-                log_memory(&node)?;
+                rank_memory(&node)?;
             }
             let s = step + 1;
             if needs_params_after(&self.config, s) {
