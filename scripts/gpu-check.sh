@@ -61,9 +61,12 @@ echo "shoal gpu-check --train exited with $train_status"
 
 echo "== shoal train --device cuda: GPT-2 124M, 12 trainer steps on the GPU"
 # The built-in corpus is byte-level (token ids < 256), which fits inside GPT-2's
-# 50257-entry vocabulary, so this trains the real 124M model (fp32 products) on a
+# 50257-entry vocabulary, so this trains the real 124M model on a
 # valid if easy corpus; no data files needed. One checkpoint (1.5 GB) at the end.
-timeout 120 "$bin" train --device cuda --preset gpt2 --data-builtin --seq-len 1024 \
+# Matrix products in TF32 (tensor cores, fp32 accumulation): GPU_MATMUL=fp32|bf16
+# to compare.
+timeout 120 "$bin" train --device cuda --gpu-matmul "${GPU_MATMUL:-tf32}" \
+    --preset gpt2 --data-builtin --seq-len 1024 \
     --batch-size 8 --max-steps 12 --lr 6e-4 --min-lr 6e-5 --warmup-steps 2 \
     --eval-every 0 --checkpoint-every 0 --keep-checkpoints 1 --overwrite \
     --out-dir /tmp/gpu-train 2>&1 | log gpu-trainer.txt

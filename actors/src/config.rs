@@ -70,6 +70,9 @@ pub struct TrainConfig {
     /// Where the steps run: `cpu`, or `cuda` / `cuda:N` (GPU N, one rank only; needs
     /// a binary built with the `cuda` feature). See [`Device`].
     pub device: String,
+    /// Arithmetic of the GPU's matrix products: `fp32` (exact), `tf32` (tensor cores,
+    /// 10-bit mantissa inputs) or `bf16` (bf16 inputs); fp32 accumulation always.
+    pub gpu_matmul: String,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +103,7 @@ impl Default for TrainConfig {
             zero: 0,
             init: None,
             device: "cpu".into(),
+            gpu_matmul: "fp32".into(),
         }
     }
 }
@@ -339,6 +343,12 @@ impl TrainConfig {
         positive("keep_checkpoints", self.keep_checkpoints)?;
         positive("ranks", self.ranks)?;
         crate::zero::ZeroStage::from_number(self.zero)?;
+        if !["fp32", "tf32", "bf16"].contains(&self.gpu_matmul.as_str()) {
+            return Err(invalid(
+                "gpu_matmul",
+                format!("must be fp32, tf32 or bf16, not `{}`", self.gpu_matmul),
+            ));
+        }
         if let Device::Cuda(_) = self.device()? {
             if self.ranks > 1 {
                 return Err(invalid(
@@ -515,6 +525,16 @@ mod tests {
         assert!(e.contains("foo"), "{e}");
         let e = parse("batch_size = \"eight\"\n").unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn gpu_matmul_is_validated() {
+        for ok in ["fp32", "tf32", "bf16"] {
+            let c = parse(&format!("gpu_matmul = \"{ok}\"\n")).unwrap();
+            c.validate().unwrap();
+        }
+        let e = parse("gpu_matmul = \"fp16\"\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("gpu_matmul"), "{e}");
     }
 
     #[test]

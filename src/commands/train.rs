@@ -102,13 +102,16 @@ pub struct TrainArgs {
     /// Data-parallel ranks, as threads of this process.
     #[arg(long)]
     pub ranks: Option<usize>,
-    /// ZeRO stage of the ranks: 0, 1 or 2.
+    /// ZeRO stage of the ranks: 0, 1, 2 or 3.
     #[arg(long)]
     pub zero: Option<u8>,
     /// Where the steps run: cpu, or cuda / cuda:N (one GPU; needs a build with
     /// `--features cuda`).
     #[arg(long, value_name = "cpu|cuda|cuda:N")]
     pub device: Option<String>,
+    /// Arithmetic of the GPU's matrix products (fp32 accumulation always).
+    #[arg(long, value_name = "fp32|tf32|bf16")]
+    pub gpu_matmul: Option<String>,
     /// Start from these weights: a shoal checkpoint or a Hugging Face GPT-2 directory.
     #[arg(long, value_name = "DIR")]
     pub init: Option<PathBuf>,
@@ -231,6 +234,7 @@ impl TrainArgs {
         set(&mut c.ranks, self.ranks);
         set(&mut c.zero, self.zero);
         set(&mut c.device, self.device.clone());
+        set(&mut c.gpu_matmul, self.gpu_matmul.clone());
         if self.init.is_some() {
             c.init = self.init.clone();
         }
