@@ -533,7 +533,10 @@ mod tests {
             let c = parse(&format!("gpu_matmul = \"{ok}\"\n")).unwrap();
             c.validate().unwrap();
         }
-        let e = parse("gpu_matmul = \"fp16\"\n").unwrap().validate().unwrap_err();
+        let e = parse("gpu_matmul = \"fp16\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("gpu_matmul"), "{e}");
     }
 
