@@ -55,6 +55,21 @@ struct Node {
 }
 
 impl Node {
+    /// The listener `lead` (rank 0) in `dir/lead`, waiting for `nodes` nodes.
+    fn listen(dir: &Path, nodes: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--nodes", nodes];
+        args.extend_from_slice(&[
+            "--cluster",
+            ".",
+            "--node",
+            "lead",
+            "--config",
+            "config.toml",
+        ]);
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &dir.join("lead"))
+    }
+
     fn spawn(args: &[&str], cwd: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .arg("node")
@@ -156,21 +171,7 @@ fn three_nodes_train_like_three_ranks() {
     let dir = tmp.path();
     cluster(dir, "ca", &["lead", "a", "b"]);
     std::fs::write(dir.join("lead/config.toml"), CONFIG).unwrap();
-    let mut lead = Node::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--nodes",
-            "3",
-            "--cluster",
-            ".",
-            "--node",
-            "lead",
-            "--config",
-            "config.toml",
-        ],
-        &dir.join("lead"),
-    );
+    let mut lead = Node::listen(dir, "3", &[]);
     let at = lead.listen_addr();
     let joiners: Vec<Node> = ["a", "b"]
         .iter()
@@ -223,23 +224,7 @@ fn a_node_of_another_cluster_is_refused() {
     cluster(dir, "ca", &["lead"]);
     cluster(dir, "other-ca", &["intruder"]);
     std::fs::write(dir.join("lead/config.toml"), CONFIG).unwrap();
-    let mut lead = Node::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--nodes",
-            "2",
-            "--cluster",
-            ".",
-            "--node",
-            "lead",
-            "--config",
-            "config.toml",
-            "--join-timeout",
-            "5",
-        ],
-        &dir.join("lead"),
-    );
+    let mut lead = Node::listen(dir, "2", &["--join-timeout", "5"]);
     let at = lead.listen_addr();
     let intruder = Node::spawn(
         &["--join", &at, "--cluster", ".", "--node", "intruder"],

@@ -202,32 +202,17 @@ mod without_cuda {
 mod tests {
     use std::path::Path;
 
-    use crate::config::{DataSpec, TrainConfig};
+    use crate::config::TrainConfig;
     use crate::trainer::Trainer;
 
     /// Relative tolerance of the GPU losses and norms against the CPU's.
     const TOL: f32 = 1e-4;
 
+    /// The trainer tests' small configuration on `device`.
     fn tiny(out_dir: &Path, device: &str) -> TrainConfig {
         TrainConfig {
-            data: DataSpec::Builtin {
-                seed: 3,
-                tokens_per_domain: 20_000,
-                val_fraction: 0.1,
-            },
-            batch_size: 4,
-            seq_len: 32,
-            grad_accum: 2,
-            max_steps: 6,
-            lr: 2e-3,
-            min_lr: 2e-4,
-            warmup_steps: 2,
-            eval_every: 0,
-            checkpoint_every: 0,
-            out_dir: out_dir.to_path_buf(),
-            threads: 2,
             device: device.into(),
-            ..TrainConfig::default()
+            ..crate::trainer::tests::small_config(out_dir)
         }
     }
 

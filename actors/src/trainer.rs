@@ -565,4 +565,4 @@ use data_parallel::local_comms;
 
 #[cfg(test)]
 #[path = "trainer_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::metrics::{MetricsRecord, read_metrics};
 
 /// A small, fast configuration of the tiny model on the built-in corpus.
-fn small_config(out_dir: &Path) -> TrainConfig {
+pub(crate) fn small_config(out_dir: &Path) -> TrainConfig {
     TrainConfig {
         data: DataSpec::Builtin {
             seed: 3,
