@@ -279,6 +279,28 @@ impl Communicator {
         })
     }
 
+    /// Sends range `send` of `buf` to the next rank of the ring and receives range
+    /// `recv` from the previous one (whose `send` is as long): one ring step, what
+    /// mirroring a shard on a neighbour takes. Nothing moves on a ring of one.
+    pub fn shift(
+        &mut self,
+        buf: &mut [f32],
+        send: Range<usize>,
+        recv: Range<usize>,
+    ) -> Result<(), CollectiveError> {
+        self.blocking(|e| e.shift(buf, send, recv))
+    }
+
+    /// Non-blocking [`Communicator::shift`] on an owned buffer.
+    pub fn shift_async(
+        &mut self,
+        buf: Vec<f32>,
+        send: Range<usize>,
+        recv: Range<usize>,
+    ) -> Pending<Vec<f32>> {
+        self.spawn(buf, move |e, b| e.shift(b, send, recv))
+    }
+
     /// Non-blocking [`Communicator::broadcast`] on an owned buffer.
     pub fn broadcast_async(&mut self, buf: Vec<f32>, root: usize) -> Pending<Vec<f32>> {
         self.spawn(buf, move |e, b| e.broadcast(b, root))

@@ -204,6 +204,28 @@ impl Engine {
         self.run("broadcast", s, RawBuf::of(buf), T::ELEM)
     }
 
+    pub(crate) fn shift(
+        &mut self,
+        buf: &mut [f32],
+        send: Range<usize>,
+        recv: Range<usize>,
+    ) -> Result<(), CollectiveError> {
+        let len = buf.len();
+        let overlap = send.start < recv.end && recv.start < send.end;
+        if send.end > len
+            || recv.end > len
+            || send.start > send.end
+            || recv.start > recv.end
+            || (overlap && !send.is_empty() && !recv.is_empty())
+        {
+            return Err(CollectiveError::InvalidArgument(format!(
+                "shift of {send:?} and {recv:?} in a buffer of {len} elements"
+            )));
+        }
+        let s = Schedule::shift(self.world, send, recv, self.chunk(Elem::F32));
+        self.run("shift", s, RawBuf::of(buf), Elem::F32)
+    }
+
     pub(crate) fn barrier(&mut self) -> Result<(), CollectiveError> {
         let s = Schedule::all_reduce(0, self.world, self.rank, 1, ReduceOp::Sum);
         self.run("barrier", s, RawBuf::of::<f32>(&mut []), Elem::F32)

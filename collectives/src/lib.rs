@@ -22,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod local;
 pub mod loopback;
+pub mod membership;
 pub mod pattern;
 pub mod probe;
 pub mod quic;

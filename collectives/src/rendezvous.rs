@@ -599,7 +599,7 @@ pub fn join(
 }
 
 /// Connects to the listener, trying again while it does not answer.
-async fn connect(
+pub(crate) async fn connect(
     endpoint: &Endpoint,
     client: quinn::ClientConfig,
     listener: SocketAddr,

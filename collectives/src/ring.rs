@@ -225,6 +225,38 @@ impl Schedule {
         sched
     }
 
+    /// Shift along the ring: send range `send` of the buffer to the next rank and
+    /// receive range `recv` from the previous one (whose `send` must be as long as
+    /// this rank's `recv`), each in pieces of at most `chunk` elements. The two
+    /// ranges must not overlap. Nothing moves on a ring of one.
+    pub fn shift(world: usize, send: Range<usize>, recv: Range<usize>, chunk: usize) -> Self {
+        let mut sched = Self::default();
+        if world < 2 {
+            return sched;
+        }
+        let split = |r: &Range<usize>| -> Vec<Range<usize>> {
+            let k = r.len().div_ceil(chunk.max(1)).max(1);
+            (0..k)
+                .map(|p| {
+                    let piece = shard_range(r.len(), k, p);
+                    r.start + piece.start..r.start + piece.end
+                })
+                .collect()
+        };
+        sched.sends = split(&send)
+            .into_iter()
+            .map(|range| SendStep { range, needs: 0 })
+            .collect();
+        sched.recvs = split(&recv)
+            .into_iter()
+            .map(|range| RecvStep {
+                range,
+                combine: Combine::Copy,
+            })
+            .collect();
+        sched
+    }
+
     /// Number of sends.
     pub fn sends(&self) -> usize {
         self.sends.len()

@@ -352,3 +352,37 @@ fn abort_handle_wakes_ranks_blocked_on_a_silent_peer() {
     }
     drop(silent);
 }
+
+/// Shift: every rank's own block (of a length of its own) lands after the next
+/// rank's block, in pieces smaller than the blocks; a ring of one moves nothing,
+/// and overlapping ranges are refused.
+#[test]
+fn shift_moves_each_block_to_the_next_rank() {
+    for world in 1..=4 {
+        let len_of = |r: usize| 5 + 7 * r;
+        let comms = LocalHub::new().group(world, small_chunks()).unwrap();
+        let out = on_ranks(comms, |mut c| {
+            let (r, w) = (c.rank(), c.world());
+            let prev = (r + w - 1) % w;
+            let (own, theirs) = (len_of(r), len_of(prev));
+            let mut buf: Vec<f32> = (0..own).map(|i| (100 * r + i) as f32).collect();
+            buf.resize(own + theirs, -1.0);
+            c.shift(&mut buf, 0..own, own..own + theirs).unwrap();
+            (buf, own, prev)
+        });
+        for (r, (buf, own, prev)) in out.iter().enumerate() {
+            let got = &buf[*own..];
+            if world == 1 {
+                assert!(got.iter().all(|&x| x == -1.0));
+                continue;
+            }
+            let want: Vec<f32> = (0..len_of(*prev))
+                .map(|i| (100 * prev + i) as f32)
+                .collect();
+            assert_eq!(got, &want[..], "rank {r} of {world}");
+        }
+    }
+    let mut one = LocalHub::new().group(1, small_chunks()).unwrap();
+    let err = one[0].shift(&mut [0.0; 8], 0..5, 3..8).unwrap_err();
+    assert!(matches!(err, CollectiveError::InvalidArgument(_)), "{err}");
+}
