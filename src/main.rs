@@ -40,8 +40,13 @@ enum Command {
     /// The cluster's certificate authority and node certificates.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
-    /// One node of a multi-host run: `--listen` starts it (rank 0), `--join` joins it.
+    /// One node of an elastic run: `--join` a coordinator, or `--listen` with one
+    /// embedded.
     Node(commands::node::NodeArgs),
+    /// The coordinator of an elastic run, standalone, with its control plane.
+    Coordinator(commands::coordinator::CoordinatorArgs),
+    /// Change a running cluster: drain a node (through the control plane).
+    Scale(commands::coordinator::ScaleArgs),
     /// One rank of a multi-process collectives run, driven by JSON lines on stdin
     /// (used by the tests and `shoal bench collectives`).
     #[command(hide = true)]
@@ -74,6 +79,8 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::run(b),
         Command::Cluster(c) => commands::cluster::run(c),
         Command::Node(a) => commands::node::run(a),
+        Command::Coordinator(a) => commands::coordinator::run(a),
+        Command::Scale(a) => commands::coordinator::scale(a),
         Command::RingWorker(a) => commands::ring_worker::run(a),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(a) => commands::gpu_check::run(a),

@@ -146,6 +146,15 @@ pub enum TrainError {
         /// What the GPU code reported.
         source: shoal_models::gpu::GpuModelError,
     },
+    /// The elastic runtime's link to the coordinator or its endpoint failed.
+    #[error(transparent)]
+    Membership(#[from] shoal_collectives::membership::MembershipError),
+    /// The coordinator refused this node.
+    #[error("the coordinator refused this node: {0}")]
+    Refused(String),
+    /// The coordinator sent something this node cannot follow.
+    #[error("unexpected message from the coordinator: {0}")]
+    Protocol(String),
     /// A metrics file line is not a valid metrics record.
     #[error("{path}:{line}: {reason}")]
     BadMetrics {

@@ -21,11 +21,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod feeder;
 mod gpu_step;
 pub mod metrics;
 pub mod node;
+pub mod pieces;
 pub mod rank;
 pub mod reducer;
 pub mod replicas;
@@ -39,6 +41,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, META_FILE, STATE_FILE, resolve_checkpoint_dir,
 };
 pub use config::{DataSpec, Device, ModelSpec, TrainConfig};
+pub use coordinator::{Coordinator, CoordinatorActor, CoordinatorSpec};
 pub use error::{Result, TrainError};
 pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
 pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};
@@ -49,7 +52,7 @@ pub use replicas::Replicas;
 pub use schedule::LrSchedule;
 pub use shard::ParameterShard;
 pub use step::{StepHyper, StepOutcome, TrainState, train_step};
-pub use trainer::TRAIN_COMM_TIMEOUT;
+pub use trainer::{ELASTIC_COMM_TIMEOUT, ElasticEnd, TRAIN_COMM_TIMEOUT};
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use ractor::concurrency::{OneshotReceiver, oneshot};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use shoal_collectives::{AbortHandle, Communicator, shard_range};
+use shoal_collectives::{AbortHandle, CommStats, Communicator, shard_range};
 use shoal_kernels::DecaySpan;
 use shoal_models::Gpt;
 
 use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
+use crate::pieces::Mirror;
 use crate::rank::{Rank, RankArgs, RankMsg};
 use crate::replicas::Replicas;
 use crate::shard::ShardMsg;
@@ -79,6 +80,11 @@ pub enum NodeMsg {
     GatherMoments(RpcReplyPort<Result<(Vec<f32>, Vec<f32>)>>),
     /// What each local rank holds.
     Memory(RpcReplyPort<Vec<MemoryReport>>),
+    /// Every local rank mirrors its piece on the next rank; the first local rank's
+    /// [`Mirror`].
+    Mirror(RpcReplyPort<Result<Mirror>>),
+    /// The first local rank's communication counters.
+    CommStats(RpcReplyPort<Result<CommStats>>),
 }
 
 /// Supervises this process's ranks (see the module documentation).
@@ -196,6 +202,12 @@ impl Actor for NodeActor {
             NodeMsg::GatherMoments(reply) => {
                 let _ = reply.send(state.first(ShardMsg::GatherMoments).await);
             }
+            NodeMsg::CommStats(reply) => {
+                let _ = reply.send(state.first(ShardMsg::CommStats).await);
+            }
+            NodeMsg::Mirror(reply) => {
+                let _ = reply.send(state.first(ShardMsg::Mirror).await);
+            }
             NodeMsg::Memory(reply) => {
                 let m = state
                     .ask_all(|reply| RankMsg::Shard(ShardMsg::Memory(reply)))
@@ -267,12 +279,7 @@ impl Node {
             .build()
             .map_err(|e| TrainError::io("tokio runtime", e))?;
         let model = Arc::new(spec.model.clone());
-        let bucket_elems = if spec.stage.shards_parameters() {
-            1
-        } else {
-            spec.bucket_elems
-        };
-        let buckets = buckets(&model, bucket_elems);
+        let buckets = Self::buckets(spec);
         let world = comms.first().map_or(1, Communicator::world);
         let ranks = comms
             .into_iter()
@@ -333,6 +340,28 @@ impl Node {
     /// process of the ring must ask at the same step).
     pub fn gather_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         self.ask(NodeMsg::GatherMoments)?
+    }
+
+    /// Every rank sends its piece of the state ([`crate::pieces`]) to the next rank
+    /// of the ring and keeps the previous rank's (a collective: every process of the
+    /// ring must ask at the same step); the first local rank's pieces.
+    pub fn mirror(&self) -> Result<Mirror> {
+        self.ask(NodeMsg::Mirror)?
+    }
+
+    /// The first local rank's communication counters so far.
+    pub fn comm_stats(&self) -> Result<CommStats> {
+        self.ask(NodeMsg::CommStats)?
+    }
+
+    /// The gradient buckets of `spec` (what [`crate::pieces::export_ranges`] splits).
+    pub fn buckets(spec: &NodeSpec) -> Vec<Range<usize>> {
+        let bucket_elems = if spec.stage.shards_parameters() {
+            1
+        } else {
+            spec.bucket_elems
+        };
+        buckets(&spec.model, bucket_elems)
     }
 
     /// What each local rank holds.

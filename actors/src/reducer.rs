@@ -31,6 +31,13 @@ pub enum Op {
     AllGather,
     /// All-gather each range of the buffer in turn.
     AllGatherRanges(Vec<Range<usize>>),
+    /// Send range `send` to the next rank, receive range `recv` from the previous.
+    Shift {
+        /// What goes to the next rank.
+        send: Range<usize>,
+        /// Where the previous rank's block lands.
+        recv: Range<usize>,
+    },
 }
 
 /// What a collective gives back: the buffer, reduced or gathered.
@@ -76,6 +83,7 @@ fn start(comm: &mut Communicator, op: Op, buf: Vec<f32>) -> Pending<Vec<f32>> {
         Op::ReduceScatter(r) => comm.reduce_scatter_async(buf, r),
         Op::AllGather => comm.all_gather_async(buf),
         Op::AllGatherRanges(ranges) => comm.all_gather_ranges_async(buf, ranges),
+        Op::Shift { send, recv } => comm.shift_async(buf, send, recv),
     }
 }
 

@@ -11,15 +11,17 @@
 //! forward and backward, the shard writes both during the update, and the step's
 //! protocol keeps the two apart in time.
 
+use std::ops::Range;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use shoal_collectives::{CollectiveError, ReduceOp};
+use shoal_collectives::{CollectiveError, CommStats, ReduceOp};
 use shoal_kernels::DecaySpan;
 
 use crate::checkpoint::sharded::write_shard;
 use crate::error::{Result, TrainError};
+use crate::pieces::{Export, Mirror, export_ranges};
 use crate::reducer::{Op, ReducerMsg, Reply};
 use crate::step::StepHyper;
 use crate::zero::{MemoryReport, ZeroShard, ZeroStage, spans_within};
@@ -93,6 +95,11 @@ pub enum ShardMsg {
     Params(RpcReplyPort<Result<Vec<f32>>>),
     /// Bytes held.
     Memory(RpcReplyPort<MemoryReport>),
+    /// Mirror this rank's export on the next rank and take the previous rank's (a
+    /// collective: every rank's shard is asked).
+    Mirror(RpcReplyPort<Result<Mirror>>),
+    /// The rank's communication counters (from its reducer).
+    CommStats(RpcReplyPort<Result<CommStats>>),
 }
 
 /// The arguments of [`ShardMsg::Apply`].
@@ -197,22 +204,20 @@ impl ShardState {
         Ok(everyone[0] == 0.0)
     }
 
-    /// Writes this rank's pieces of the parameters and moments into `dir` (at stage
-    /// 0, where every rank holds everything, its `shard_range` of each piece, so the
-    /// ranks share the writing).
-    fn write_shard(&self, dir: &std::path::Path) -> Result<()> {
+    /// This rank's export: its [`export_ranges`] of the layout and the parameters
+    /// and moments over them (at stage 0, where every rank holds everything, its
+    /// `shard_range` of each bucket, so the ranks share the writing and mirroring).
+    fn export(&self) -> Export {
         let z = &self.zero;
-        let (rank, world) = (self.rank, self.world);
         let shared = read(&self.shared.params);
-        let mut ranges = Vec::with_capacity(z.pieces.len());
-        let mut own = [Vec::new(), Vec::new(), Vec::new()];
-        for (piece, &at) in z.pieces.iter().zip(&self.offsets) {
-            let r = if z.stage == ZeroStage::Replicated {
-                let p = shoal_collectives::shard_range(piece.len(), world, rank);
-                piece.start + p.start..piece.start + p.end
-            } else {
-                piece.clone()
-            };
+        let ranges = export_ranges(&z.buckets, self.world, self.rank);
+        let n: usize = ranges.iter().map(Range::len).sum();
+        let mut own = [
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        ];
+        for ((piece, &at), r) in z.pieces.iter().zip(&self.offsets).zip(&ranges) {
             let local = at + (r.start - piece.start)..at + (r.end - piece.start);
             let params = if z.stage.shards_parameters() {
                 &z.params[local.clone()]
@@ -222,10 +227,47 @@ impl ShardState {
             own[0].extend_from_slice(params);
             own[1].extend_from_slice(&z.adam_m[local.clone()]);
             own[2].extend_from_slice(&z.adam_v[local]);
-            ranges.push(r);
         }
-        let [p, m, v] = own;
-        write_shard(dir, rank, world, &ranges, &p, &m, &v)
+        let [params, adam_m, adam_v] = own;
+        Export {
+            ranges,
+            params,
+            adam_m,
+            adam_v,
+        }
+    }
+
+    /// Writes this rank's export into `dir`.
+    fn write_shard(&self, dir: &std::path::Path) -> Result<()> {
+        let e = self.export();
+        write_shard(
+            dir, self.rank, self.world, &e.ranges, &e.params, &e.adam_m, &e.adam_v,
+        )
+    }
+
+    /// Sends this rank's export to the next rank and takes the previous rank's.
+    async fn mirror(&self) -> Result<Mirror> {
+        let own = self.export().flatten();
+        let prev = (self.rank + self.world - 1) % self.world;
+        let theirs: usize = export_ranges(&self.zero.buckets, self.world, prev)
+            .iter()
+            .map(Range::len)
+            .sum::<usize>()
+            * 3;
+        let (a, b) = (own.len(), if self.world > 1 { theirs } else { 0 });
+        let mut buf = own;
+        buf.resize(a + b, 0.0);
+        let mut buf = self
+            .run(
+                Op::Shift {
+                    send: 0..a,
+                    recv: a..a + b,
+                },
+                buf,
+            )
+            .await?;
+        let left = buf.split_off(a);
+        Ok(Mirror { own: buf, left })
     }
 
     fn take_reduced(&mut self, index: usize, result: Reply) {
@@ -416,6 +458,29 @@ impl Actor for ParameterShard {
                     Ok(read(&state.shared.params).clone())
                 };
                 let _ = reply.send(out);
+            }
+            ShardMsg::CommStats(reply) => {
+                let out = match state.reducer() {
+                    Ok(r) => r
+                        .call(ReducerMsg::Stats, None)
+                        .await
+                        .map_err(|e| TrainError::Actor {
+                            actor: "GradientReducer",
+                            reason: e.to_string(),
+                        })
+                        .and_then(|c| match c {
+                            ractor::rpc::CallResult::Success(s) => Ok(s),
+                            other => Err(TrainError::Actor {
+                                actor: "GradientReducer",
+                                reason: format!("no answer ({other:?})"),
+                            }),
+                        }),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(out);
+            }
+            ShardMsg::Mirror(reply) => {
+                let _ = reply.send(state.mirror().await);
             }
             ShardMsg::Memory(reply) => {
                 let f = std::mem::size_of::<f32>();

@@ -559,9 +559,11 @@ impl Trainer {
 }
 
 mod data_parallel;
+mod elastic;
 
 pub use data_parallel::TRAIN_COMM_TIMEOUT;
 use data_parallel::local_comms;
+pub use elastic::{ELASTIC_COMM_TIMEOUT, ElasticEnd};
 
 #[cfg(test)]
 #[path = "trainer_tests.rs"]

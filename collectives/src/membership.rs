@@ -69,6 +69,8 @@ pub struct StepReport {
     pub seconds: f64,
     /// Seconds of the step spent mirroring the shard to the next rank.
     pub mirror_seconds: f64,
+    /// Seconds of communication not hidden behind compute.
+    pub comm_seconds: f64,
     /// Global indices of the samples this rank consumed.
     pub samples: Vec<u64>,
     /// Bytes this rank's collectives sent during the step.

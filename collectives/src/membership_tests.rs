@@ -57,6 +57,7 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
         lr: 1e-3,
         seconds: 0.1,
         mirror_seconds: 0.01,
+        comm_seconds: 0.02,
         samples: vec![1, 2, 3],
         bytes_sent: 10,
     });

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod coordinator;
 pub mod demo;
 pub mod generate;
 #[cfg(feature = "cuda")]

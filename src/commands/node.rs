@@ -1,48 +1,48 @@
-//! `shoal node`: one process per host, a fixed-size rendezvous, then data-parallel
-//! training over QUIC exactly as the ranks of `shoal train --procs` train.
+//! `shoal node`: one process per host of an elastic run.
 //!
-//! The first node `--listen`s: it builds its trainer from `--config` (resuming from
-//! the newest checkpoint under the config's out_dir with `--resume`), binds its
-//! collective endpoint on the listen address's IP and waits for `--nodes` N - 1
-//! others ([`shoal_collectives::rendezvous`]). Every other node `--join`s with only
-//! its certificates: it binds its collective endpoint, sends its name and address,
-//! and receives its rank, the members and the run's config, so every node trains the
-//! same config. The first node is rank 0 and writes metrics and checkpoints in its
-//! out_dir. One rank per node process for now.
+//! `--join HOST:PORT` dials the run's coordinator with this node's certificate and
+//! the cluster token, receives the run's config, and trains in every generation
+//! the coordinator forms until the run ends or the node is drained
+//! ([`shoal_actors::Trainer::run_elastic`]). `--listen IP:PORT` does the same with
+//! a coordinator embedded in this process (and its control plane), for the
+//! run's `--config`; a run of a fixed size is one with `--min-nodes` =
+//! `--max-nodes`. The coordinator writes metrics, samples and events in the
+//! config's out_dir; the generation's rank 0 writes the checkpoints there.
 //!
-//! Paths in the config (data files, tokenizer, `init`) and the checkpoint of a
-//! resumed run are opened by every node, relative to its working directory: use a
-//! shared filesystem or copies at the same paths.
+//! Paths in the config (data files, tokenizer, `init`, out_dir) are opened by
+//! every node relative to its working directory: use a shared filesystem, or
+//! copies at the same paths (then checkpoints are whole files written by rank 0,
+//! and a node restoring from a checkpoint needs a copy of it).
 
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use shoal_actors::{NoopObserver, TrainConfig, Trainer};
-use shoal_collectives::rendezvous::{self, FIRST_GENERATION, Join, Listener, Resume, RunSpec};
+use shoal_actors::{ElasticEnd, TrainConfig, Trainer};
+use shoal_collectives::membership::{CoordinatorLink, Hello, ToNode};
+use shoal_collectives::rendezvous::any_port_like;
 use shoal_collectives::tls::NodeIdentity;
 use shoal_collectives::{QuicNode, QuicOptions};
 
-use super::procs::comm_config;
-use super::train::{TrainArgs, build_trainer, train_with_progress};
+use super::coordinator::{ElasticArgs, read_token, start};
+
+/// How often a node tells the coordinator it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
 /// Flags of `shoal node`.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("role").required(true).args(["listen", "join"])))]
 pub struct NodeArgs {
-    /// Start the run and wait for the other nodes at this address (this node is rank 0).
-    #[arg(long, value_name = "IP:PORT", requires_all = ["nodes", "config"])]
+    /// Run the coordinator in this node and wait for the others at this address.
+    #[arg(long, value_name = "IP:PORT", requires = "config")]
     pub listen: Option<SocketAddr>,
-    /// Join the run whose first node listens at HOST:PORT.
+    /// Join the run whose coordinator listens at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub join: Option<String>,
-    /// Nodes in the run, this one included (with --listen).
-    #[arg(long, requires = "listen")]
-    pub nodes: Option<usize>,
-    /// Directory with the cluster's ca.crt and this node's NAME.crt and NAME.key
-    /// (`shoal cluster issue`).
+    /// Directory with the cluster's ca.crt, this node's NAME.crt and NAME.key
+    /// (`shoal cluster issue`) and the cluster token.
     #[arg(long, value_name = "DIR")]
     pub cluster: PathBuf,
     /// This node's name (its certificate's file name), unique in the run.
@@ -51,18 +51,17 @@ pub struct NodeArgs {
     /// The run's training config (with --listen); the other nodes receive it.
     #[arg(long, value_name = "FILE.toml", requires = "listen")]
     pub config: Option<PathBuf>,
-    /// Resume from the newest checkpoint under the config's out_dir (with --listen);
-    /// every node needs that checkpoint at the same path.
-    #[arg(long, requires = "listen")]
-    pub resume: bool,
-    /// Address of this node's collective endpoint (with --join; default: all
-    /// interfaces, a free port).
-    #[arg(long, value_name = "IP:PORT", requires = "join")]
+    /// Address of this node's collective endpoint (default: the listen address's IP
+    /// with --listen, all interfaces with --join; a free port).
+    #[arg(long, value_name = "IP:PORT")]
     pub bind: Option<SocketAddr>,
-    /// Seconds to wait for the other nodes to join (--listen) or for the run to start
-    /// (--join).
+    /// Seconds to wait for the coordinator to answer and for the first generation
+    /// to start.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub join_timeout: u64,
+    /// The embedded coordinator's settings (with --listen).
+    #[command(flatten)]
+    pub elastic: ElasticArgs,
 }
 
 /// `shoal node`.
@@ -74,130 +73,100 @@ pub fn run(args: NodeArgs) -> Result<()> {
             args.cluster.display()
         )
     })?;
-    let timeout = Duration::from_secs(args.join_timeout);
-    match (args.listen, &args.join) {
-        (Some(listen), _) => lead(&args, listen, &identity, timeout),
-        (None, Some(host)) => follow(&args, host, &identity, timeout),
-        (None, None) => bail!("give --listen or --join"),
-    }
-}
-
-/// `ranks` of a node's config: one rank per node process.
-fn check_one_rank(config: &TrainConfig) -> Result<()> {
-    if config.ranks > 1 {
-        bail!(
-            "the config asks for ranks = {}: `shoal node` runs one rank per node process \
-             (set ranks = 1 and start more nodes)",
-            config.ranks
-        );
-    }
-    Ok(())
-}
-
-/// The first node: rank 0, waits for the others, then trains and writes the run.
-fn lead(
-    args: &NodeArgs,
-    listen: SocketAddr,
-    identity: &NodeIdentity,
-    timeout: Duration,
-) -> Result<()> {
-    let nodes = args.nodes.context("--listen needs --nodes")?;
-    if nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
-    let train = TrainArgs {
-        config: args.config.clone(),
-        resume: args.resume.then(|| "latest".to_string()),
-        ..TrainArgs::default()
+    let token = read_token(&args.cluster)?;
+    let Some(listen) = args.listen else {
+        let host = args.join.as_deref().context("give --listen or --join")?;
+        let at = host
+            .to_socket_addrs()
+            .with_context(|| format!("--join {host}: expected HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--join {host}: the name has no address"))?;
+        let bind = args.bind.unwrap_or(any_port_like(at));
+        let end = join(&args, at, bind, &identity, token)?;
+        eprintln!("node `{}`: {}", args.node, describe(end));
+        return Ok(());
     };
-    let mut trainer = build_trainer(&train)?;
-    check_one_rank(trainer.config())?;
-    let run = RunSpec {
-        config: trainer.config().to_toml_string(),
-        resume: trainer.resumed_from().map(|dir| Resume {
-            checkpoint: dir.display().to_string(),
-            step: trainer.step_count(),
-        }),
-    };
-    let options = QuicOptions::default();
-    let node = QuicNode::bind(SocketAddr::new(listen.ip(), 0), identity, options.clone())?;
-    let mut listener = Listener::bind(listen, identity, &options)
-        .with_context(|| format!("cannot listen at {listen}"))?;
-    let own = Join {
-        node: args.node.clone(),
-        addr: node.local_addr()?,
-    };
+    let path = args.config.as_ref().context("--listen needs --config")?;
+    let config = TrainConfig::from_toml_file(path)?;
+    config
+        .validate()
+        .with_context(|| format!("invalid training config {}", path.display()))?;
+    let out_dir = config.out_dir.clone();
+    let running = start(
+        config,
+        listen,
+        identity.clone(),
+        token.clone(),
+        &args.elastic,
+    )?;
+    let mut at = running.coordinator.addr();
+    if at.ip().is_unspecified() {
+        at.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
     eprintln!(
-        "node `{}` (rank 0) waiting at {} for {} more node(s)",
-        own.node,
-        listener.local_addr()?,
-        nodes - 1
+        "node `{}` waiting at {at} for {} node(s) in all",
+        args.node, args.elastic.min_nodes
     );
-    let members = listener.gather(&own, nodes, &run, timeout, |rank, m| {
-        eprintln!("node `{}` joined as rank {rank} ({})", m.node, m.addr)
-    })?;
-    let addrs: Vec<SocketAddr> = members.iter().map(|m| m.addr).collect();
-    let comm = node
-        .communicator(FIRST_GENERATION, &addrs, 0, comm_config())
-        .context("forming the ring of nodes")?;
-    trainer.attach(comm);
-    let (summary, _plot) = train_with_progress(&mut trainer)?;
-    if let Some(s) = &summary.last_step {
-        println!("final step {}: train loss {:.4}", s.step, s.loss);
+    let bind = args.bind.unwrap_or(SocketAddr::new(listen.ip(), 0));
+    let joined = join(&args, at, bind, &identity, token);
+    let step = match &joined {
+        Ok(_) => running.coordinator.wait(),
+        Err(_) => Ok(0),
+    };
+    let status = running.control.local_addr();
+    running.control.stop();
+    let end = joined.with_context(|| format!("the run at {status} failed"))?;
+    let step = step?;
+    let metrics = out_dir.join("metrics.jsonl");
+    if metrics.exists() {
+        crate::plot::plot_metrics(&metrics, &out_dir.join("loss.svg"))?;
     }
     println!(
-        "metrics, checkpoints and plot in {}",
-        trainer.config().out_dir.display()
+        "run finished at step {step} (this node: {}); metrics, samples, events and plot in {}",
+        describe(end),
+        out_dir.display()
     );
     Ok(())
 }
 
-/// Another node: joins, builds its trainer from the run's config, trains its rank.
-fn follow(args: &NodeArgs, host: &str, identity: &NodeIdentity, timeout: Duration) -> Result<()> {
-    let listener = host
-        .to_socket_addrs()
-        .with_context(|| format!("--join {host}: expected HOST:PORT"))?
-        .next()
-        .with_context(|| format!("--join {host}: the name has no address"))?;
-    let bind = args.bind.unwrap_or(rendezvous::any_port_like(listener));
+fn describe(end: ElasticEnd) -> &'static str {
+    match end {
+        ElasticEnd::Finished => "the run finished",
+        ElasticEnd::Drained => "drained, left the run",
+    }
+}
+
+/// Dials the coordinator at `at`, builds the trainer from its config and trains.
+fn join(
+    args: &NodeArgs,
+    at: SocketAddr,
+    bind: SocketAddr,
+    identity: &NodeIdentity,
+    token: String,
+) -> Result<ElasticEnd> {
+    let timeout = Duration::from_secs(args.join_timeout);
     let options = QuicOptions::default();
-    let node = QuicNode::bind(bind, identity, options.clone())?;
-    let request = Join {
+    let quic = QuicNode::bind(bind, identity, options.clone())?;
+    let hello = Hello {
         node: args.node.clone(),
-        addr: node.local_addr()?,
+        addr: quic.local_addr()?,
+        token,
     };
-    eprintln!("node `{}` joining the run at {listener}", request.node);
-    let start = rendezvous::join(listener, identity, &request, &options, timeout)?;
-    let rank = start.rank as usize;
-    eprintln!("node `{}` is rank {rank} of {}", request.node, start.world);
-    let origin = PathBuf::from(format!("<the config of the run at {listener}>"));
-    let config = TrainConfig::from_toml_str(&start.run.config, &origin)?;
-    let mut trainer = match &start.run.resume {
-        None => Trainer::new(config)?,
-        Some(resume) => {
-            let trainer = Trainer::resume_with(Path::new(&resume.checkpoint), config)
-                .with_context(|| {
-                    format!(
-                        "rank 0 resumes from {}: this node needs that checkpoint at the same path",
-                        resume.checkpoint
-                    )
-                })?;
-            if trainer.step_count() != resume.step {
-                bail!(
-                    "checkpoint {} is at step {} here but at step {} on rank 0",
-                    resume.checkpoint,
-                    trainer.step_count(),
-                    resume.step
-                );
-            }
-            trainer
-        }
+    let started = Instant::now();
+    let link = CoordinatorLink::connect(at, identity, hello, &options, timeout, HEARTBEAT_EVERY)
+        .with_context(|| format!("joining the run at {at}"))?;
+    let config = match link.recv(timeout)? {
+        ToNode::Welcome { config } => config,
+        ToNode::Refused(why) => bail!(
+            "the coordinator at {at} refused node `{}`: {why}",
+            args.node
+        ),
+        other => bail!("the coordinator at {at} answered {other:?} instead of a welcome"),
     };
-    let comm = node
-        .communicator(start.generation, &start.members, rank, comm_config())
-        .context("forming the ring of nodes")?;
-    trainer.attach(comm);
-    trainer.run(&mut NoopObserver)?;
-    eprintln!("node `{}` (rank {rank}) finished", request.node);
-    Ok(())
+    let origin = PathBuf::from(format!("<the config of the run at {at}>"));
+    let config = TrainConfig::from_toml_str(&config, &origin)?;
+    let mut trainer = Trainer::new(config)?;
+    eprintln!("node `{}` joined the run at {at}", args.node);
+    let left = timeout.saturating_sub(started.elapsed());
+    Ok(trainer.run_elastic(&link, &quic, left)?)
 }

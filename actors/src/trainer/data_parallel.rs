@@ -45,7 +45,7 @@ pub(super) fn local_comms(ranks: usize) -> Result<Vec<Communicator>> {
 /// Whether the trainer evaluates or writes a checkpoint after `step`, so that the
 /// ranks must hand over (at stage 3: gather) the full parameters. Every process
 /// decides alike.
-fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
+pub(super) fn needs_params_after(c: &TrainConfig, step: u64) -> bool {
     // The last step always writes a checkpoint.
     let every = |k: u64| k > 0 && step.is_multiple_of(k);
     step == c.max_steps || every(c.eval_every) || every(c.checkpoint_every)
@@ -70,22 +70,20 @@ fn rank_memory(node: &Node) -> Result<Vec<MemoryReport>> {
 }
 
 /// Removes a staging directory whose shards rank 0 cannot see.
-fn remove_staging(dir: &std::path::Path) -> Result<()> {
+pub(super) fn remove_staging(dir: &std::path::Path) -> Result<()> {
     std::fs::remove_dir_all(dir).map_err(|e| crate::error::TrainError::io(dir, e))
 }
 
 impl Trainer {
-    /// Starts this process's ranks of the ring(s) of `comms`; the optimizer state
-    /// moves into their shards.
-    fn start_node(&mut self, comms: Vec<Communicator>) -> Result<Node> {
+    /// What every rank of a ring of `world` runs.
+    pub(super) fn node_spec(&self, world: usize) -> Result<NodeSpec> {
         let c = &self.config;
-        let world = comms.first().map_or(1, Communicator::world);
         let (mixture, seed, t) = (self.data.mixture.clone(), c.seed, c.seq_len);
         let fill: Fill = Arc::new(move |index, x, y| {
             mixture.sample(seed, index, t, x, y)?;
             Ok(())
         });
-        let spec = NodeSpec {
+        Ok(NodeSpec {
             model: self.model.clone(),
             spans: self.spans.clone(),
             stage: ZeroStage::from_number(c.zero)?,
@@ -95,7 +93,14 @@ impl Trainer {
             seq_len: t,
             threads_per_rank: (c.resolved_threads() / world).max(1),
             fill,
-        };
+        })
+    }
+
+    /// Starts this process's ranks of the ring(s) of `comms`; the optimizer state
+    /// moves into their shards.
+    pub(super) fn start_node(&mut self, comms: Vec<Communicator>) -> Result<Node> {
+        let world = comms.first().map_or(1, Communicator::world);
+        let spec = self.node_spec(world)?;
         let s = &self.state;
         let start = StartState {
             params: &s.params,

@@ -1,0 +1,953 @@
+//! The `Coordinator` actor: one per elastic run. It holds the membership (the
+//! nodes, their ranks and addresses), the generation number and the last
+//! committed step, and decides every change at a step boundary.
+//!
+//! Nodes dial it over the membership wire ([`shoal_collectives::membership`]:
+//! mutual-TLS QUIC with the cluster CA; a node must also present the cluster
+//! token) and are welcomed with the run's configuration. Once `min_nodes` are in,
+//! generation 0 starts. Every generation runs steps; a step is *committed* when
+//! every member has reported it done, its shard mirrored on its ring neighbour.
+//! At a commit the coordinator folds in what happened meanwhile:
+//! - *scale out*: nodes that joined since are added (a new generation);
+//! - *scale in*: drained nodes leave ([`plan::can_leave`]: never a node together
+//!   with the neighbour that mirrors it).
+//!
+//! A node that misses its heartbeats for `heartbeat_timeout` (or whose connection
+//! closes) is *lost*: the coordinator aborts the step in flight on every member
+//! (their collectives wake at once) and starts a new generation of the survivors
+//! from the committed step, each lost piece of the state coming from its mirror
+//! ([`plan::next_generation`]), or from the newest checkpoint when a piece and
+//! its mirror were both lost. The global batch never changes, so the redone step
+//! consumes the same samples and the loss curve goes on.
+//!
+//! The coordinator writes the run's `metrics.jsonl` (one step line per committed
+//! step, evaluations from the generation's rank 0), `samples.jsonl` (the global
+//! sample indices each committed step consumed) and `elastic.jsonl` (membership
+//! events), records Prometheus metrics through the `metrics` facade, and keeps a
+//! [`Status`] for the control plane.
+//!
+//! The coordinator itself is not replicated: if it dies, the nodes stop (their
+//! link times out) and the run resumes from its newest checkpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ractor::concurrency::oneshot;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use shoal_collectives::QuicOptions;
+use shoal_collectives::membership::{
+    MembershipError, MembershipServer, NodeLink, Plan, Restore, ServerEvent, StepReport,
+    ToCoordinator, ToNode,
+};
+use shoal_collectives::tls::NodeIdentity;
+
+use crate::checkpoint::{CheckpointStore, load_checkpoint};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::metrics::{EvalStats, MetricsWriter, StepStats};
+
+pub mod plan;
+mod status;
+
+use status::Recorder;
+pub use status::{Event, MemberStatus, Status};
+
+/// How often the coordinator checks heartbeats.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What a coordinator runs.
+pub struct CoordinatorSpec {
+    /// The run's configuration (sent to every node).
+    pub config: TrainConfig,
+    /// Nodes needed before the first generation starts (a running cluster goes on
+    /// with any number of survivors).
+    pub min_nodes: usize,
+    /// Most nodes at once; later ones are refused.
+    pub max_nodes: usize,
+    /// The cluster token every node must present.
+    pub token: String,
+    /// A node silent this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// Where nodes dial.
+    pub listen: SocketAddr,
+    /// The coordinator's certificate (of the cluster CA).
+    pub identity: NodeIdentity,
+    /// Continue the run from the newest checkpoint in the config's out_dir.
+    pub resume: bool,
+}
+
+/// Why a drain was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainRefused {
+    /// No such node.
+    #[error("no node `{0}` in the cluster")]
+    Unknown(String),
+    /// The drain would break the run.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Messages of the [`CoordinatorActor`].
+pub enum CoordinatorMsg {
+    /// Something from the membership wire.
+    Net(ServerEvent),
+    /// Check heartbeats.
+    Tick,
+    /// Drain a node.
+    Drain(
+        String,
+        RpcReplyPort<std::result::Result<String, DrainRefused>>,
+    ),
+}
+
+/// A node the coordinator knows.
+struct Known {
+    conn: u64,
+    link: NodeLink,
+    addr: SocketAddr,
+    last_seen: Instant,
+    /// The generation whose Ready it sent last.
+    ready: Option<u64>,
+}
+
+/// The running generation.
+struct Running {
+    generation: u64,
+    ranks: Vec<String>,
+    /// Reports of the step in flight, by rank.
+    reports: Vec<Option<StepReport>>,
+    /// When the step in flight began (the previous commit or the generation's start).
+    since: Instant,
+    /// A member reported a failure; re-form if nobody is found lost by then.
+    failed_at: Option<Instant>,
+}
+
+/// The coordinator's state.
+pub struct CoordinatorState {
+    spec_token: String,
+    min_nodes: usize,
+    max_nodes: usize,
+    heartbeat_timeout: Duration,
+    max_steps: u64,
+    tokens_per_step: u64,
+    config_toml: String,
+    store: CheckpointStore,
+    nodes: HashMap<String, Known>,
+    /// Welcomed nodes waiting for the next generation.
+    joining: Vec<String>,
+    draining: HashSet<String>,
+    generation: u64,
+    running: Option<Running>,
+    /// Members by rank of the layout holding the committed state, with their
+    /// connections (a node that reconnects holds nothing).
+    pieces: Option<Vec<(String, u64)>>,
+    committed: u64,
+    /// A restore from scratch is pending (nothing was ever committed or
+    /// checkpointed).
+    finished: bool,
+    metrics: MetricsWriter,
+    samples: File,
+    recorder: Recorder,
+    done: Option<ractor::concurrency::OneshotSender<Result<u64>>>,
+    /// Set when the run finished: stop once the nodes are gone or this passes.
+    stop_by: Option<Instant>,
+}
+
+/// Drives an elastic run (see the module documentation).
+pub struct CoordinatorActor;
+
+/// What [`CoordinatorActor`] starts from.
+pub struct CoordinatorArgs {
+    spec_token: String,
+    min_nodes: usize,
+    max_nodes: usize,
+    heartbeat_timeout: Duration,
+    config: TrainConfig,
+    committed: u64,
+    recorder: Recorder,
+    done: ractor::concurrency::OneshotSender<Result<u64>>,
+}
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> TrainError {
+    TrainError::io(path, e)
+}
+
+/// Compares two tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+struct SamplesLine<'a> {
+    step: u64,
+    generation: u64,
+    world: usize,
+    samples: &'a [u64],
+}
+
+/// The step of the newest checkpoint of `store` that loads (a damaged one is
+/// passed over, as the nodes do), or 0 when there is none.
+fn newest_checkpoint(store: &CheckpointStore) -> Result<u64> {
+    if store.list()?.is_empty() {
+        return Ok(0);
+    }
+    let (_, ckpt) = load_checkpoint(store.root())?;
+    Ok(ckpt.meta.step)
+}
+
+impl CoordinatorState {
+    fn send(&self, name: &str, msg: ToNode) {
+        if let Some(k) = self.nodes.get(name) {
+            k.link.send(msg);
+        }
+    }
+
+    fn alive(&self) -> HashSet<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Starts the next generation from the running one (or from nothing).
+    fn form(&mut self) {
+        let members: Vec<String> = self
+            .running
+            .as_ref()
+            .map(|r| r.ranks.clone())
+            .unwrap_or_default();
+        let leaving = plan::can_leave(&members, &self.draining);
+        // Only nodes connected since the layout was committed hold pieces.
+        let pieces: Option<Vec<String>> = self.pieces.as_ref().map(|p| {
+            p.iter()
+                .map(|(n, c)| {
+                    let same = self.nodes.get(n).is_some_and(|k| k.conn == *c);
+                    if same { n.clone() } else { String::new() }
+                })
+                .collect()
+        });
+        let alive = self.alive();
+        let joining = std::mem::take(&mut self.joining);
+        let next = plan::next_generation(&members, pieces.as_deref(), &alive, &leaving, &joining);
+        for name in &next.leaving {
+            self.draining.remove(name);
+            self.send(name, ToNode::Leave);
+            // Its link delivers the Leave and closes; that close is no failure.
+            self.nodes.remove(name);
+            self.recorder
+                .event(self.committed, "drain", format!("node `{name}` left"));
+        }
+        // `min_nodes` gates the start; a running cluster goes on with any survivor.
+        let needed = if self.generation == 0 {
+            self.min_nodes.max(1)
+        } else {
+            1
+        };
+        if next.ranks.len() < needed {
+            // Not enough nodes: wait for more (the members wait for a generation).
+            self.joining = next.ranks;
+            self.running = None;
+            self.recorder.event(
+                self.committed,
+                "waiting",
+                format!("{} node(s), {needed} needed", self.joining.len()),
+            );
+            self.publish();
+            return;
+        }
+        if next.lost_state {
+            self.restart_from_checkpoint();
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let addrs: Vec<SocketAddr> = next
+            .ranks
+            .iter()
+            .filter_map(|n| self.nodes.get(n).map(|k| k.addr))
+            .collect();
+        for (rank, (name, restore)) in next.ranks.iter().zip(&next.restores).enumerate() {
+            let restore = if self.committed == 0 && next.lost_state {
+                Restore::Fresh
+            } else {
+                restore.clone()
+            };
+            self.send(
+                name,
+                ToNode::Generation(Plan {
+                    generation,
+                    rank: rank as u32,
+                    names: next.ranks.clone(),
+                    members: addrs.clone(),
+                    step: self.committed,
+                    restore,
+                }),
+            );
+        }
+        metrics::counter!("shoal_membership_changes_total").increment(1);
+        metrics::gauge!("shoal_generation").set(generation as f64);
+        metrics::gauge!("shoal_world_size").set(next.ranks.len() as f64);
+        self.recorder.event(
+            self.committed,
+            "generation",
+            format!(
+                "generation {generation}: {} ({}), from step {}",
+                next.ranks.join(", "),
+                if next.lost_state && self.committed == 0 {
+                    "a fresh state"
+                } else if next.lost_state {
+                    "state from the checkpoint"
+                } else {
+                    "state from the survivors"
+                },
+                self.committed
+            ),
+        );
+        if next.lost_state {
+            self.pieces = None;
+        }
+        self.running = Some(Running {
+            generation,
+            reports: vec![None; next.ranks.len()],
+            ranks: next.ranks,
+            since: Instant::now(),
+            failed_at: None,
+        });
+        self.publish();
+    }
+
+    /// A piece of the state is gone with its mirror: the run goes back to its newest
+    /// checkpoint (or to its start).
+    fn restart_from_checkpoint(&mut self) {
+        let step = match newest_checkpoint(&self.store) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable checkpoint; restarting from step 0");
+                0
+            }
+        };
+        if step != self.committed && self.pieces.is_some() {
+            self.recorder.event(
+                self.committed,
+                "state lost",
+                format!("a piece and its mirror were lost: back to the checkpoint of step {step}"),
+            );
+        }
+        self.committed = step;
+        if let Ok(m) = MetricsWriter::open(self.metrics.path(), step) {
+            self.metrics = m;
+        }
+    }
+
+    /// A node is gone.
+    fn lose(&mut self, name: &str, why: &str) {
+        if self.nodes.remove(name).is_none() {
+            return;
+        }
+        self.joining.retain(|n| n != name);
+        self.draining.remove(name);
+        let member = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.ranks.iter().any(|n| n == name));
+        if self.finished {
+            self.recorder
+                .event(self.committed, "left", format!("node `{name}` left"));
+            return;
+        }
+        self.recorder.event(
+            self.committed,
+            "failure",
+            format!("node `{name}` lost: {why}"),
+        );
+        if member {
+            self.abort_and_reform();
+        } else if self.running.is_none() && !self.joining.is_empty() {
+            self.publish();
+        }
+    }
+
+    /// Abandons the step in flight everywhere and re-forms the ring.
+    fn abort_and_reform(&mut self) {
+        if let Some(r) = &self.running {
+            for name in &r.ranks {
+                self.send(
+                    name,
+                    ToNode::Abort {
+                        generation: r.generation,
+                    },
+                );
+            }
+        }
+        metrics::counter!("shoal_recoveries_total").increment(1);
+        self.form();
+    }
+
+    fn hello(&mut self, conn: u64, hello: shoal_collectives::membership::Hello, link: NodeLink) {
+        let refuse = |why: String| {
+            tracing::warn!(node = %hello.node, %why, "refused a node");
+            link.send(ToNode::Refused(why));
+        };
+        if !same_token(&hello.token, &self.spec_token) {
+            return refuse("wrong cluster token".into());
+        }
+        if self.nodes.contains_key(&hello.node) {
+            return refuse(format!(
+                "a node named `{}` is already in the run",
+                hello.node
+            ));
+        }
+        if self.nodes.len() >= self.max_nodes {
+            return refuse(format!("the run has its {} nodes", self.max_nodes));
+        }
+        if self.finished {
+            return refuse("the run is over".into());
+        }
+        link.send(ToNode::Welcome {
+            config: self.config_toml.clone(),
+        });
+        self.recorder.event(
+            self.committed,
+            "join",
+            format!("node `{}` joined from {}", hello.node, hello.addr),
+        );
+        self.nodes.insert(
+            hello.node.clone(),
+            Known {
+                conn,
+                link,
+                addr: hello.addr,
+                last_seen: Instant::now(),
+                ready: None,
+            },
+        );
+        self.joining.push(hello.node);
+        let needed = if self.generation == 0 {
+            self.min_nodes.max(1)
+        } else {
+            1
+        };
+        if self.running.is_none() && self.joining.len() >= needed {
+            self.form();
+        } else {
+            self.publish();
+        }
+    }
+
+    fn message(&mut self, conn: u64, msg: ToCoordinator) {
+        let Some(name) = self
+            .nodes
+            .iter()
+            .find(|(_, k)| k.conn == conn)
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        if let Some(k) = self.nodes.get_mut(&name) {
+            k.last_seen = Instant::now();
+        }
+        match msg {
+            ToCoordinator::Heartbeat | ToCoordinator::Hello(_) => {}
+            ToCoordinator::Ready { generation } => {
+                if let Some(k) = self.nodes.get_mut(&name) {
+                    k.ready = Some(generation);
+                }
+                let all = self.running.as_ref().is_some_and(|r| {
+                    r.generation == generation
+                        && r.ranks.iter().all(|n| {
+                            self.nodes
+                                .get(n)
+                                .is_some_and(|k| k.ready == Some(generation))
+                        })
+                });
+                if all {
+                    self.recorder.event(
+                        self.committed,
+                        "ready",
+                        format!("generation {generation} formed its ring and restored its state"),
+                    );
+                }
+            }
+            ToCoordinator::Done(report) => self.done(&name, report),
+            ToCoordinator::Eval { step, json } => match serde_json::from_str::<EvalStats>(&json) {
+                Ok(e) if step <= self.committed => {
+                    if let Err(e) = self.metrics.log_eval(&e) {
+                        tracing::warn!(error = %e, "cannot write an evaluation");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %name, error = %e, "an unreadable evaluation"),
+            },
+            ToCoordinator::Checkpoint { step, path } => {
+                self.recorder
+                    .event(step, "checkpoint", format!("step {step} in {path}"));
+                if self.finished && step == self.max_steps {
+                    self.stop_by = Some(Instant::now());
+                }
+            }
+            ToCoordinator::Failed { generation, reason } => {
+                tracing::warn!(node = %name, generation, %reason, "a node's step failed");
+                if let Some(r) = self.running.as_mut().filter(|r| r.generation == generation) {
+                    r.failed_at.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+    }
+
+    fn done(&mut self, name: &str, report: StepReport) {
+        let committed = self.committed;
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let Some(rank) = r.ranks.iter().position(|n| n == name) else {
+            return;
+        };
+        if report.generation != r.generation || report.step != committed + 1 {
+            return;
+        }
+        r.reports[rank] = Some(report);
+        if r.reports.iter().any(Option::is_none) {
+            return;
+        }
+        let reports: Vec<StepReport> = r.reports.iter_mut().filter_map(Option::take).collect();
+        let wall = r.since.elapsed().as_secs_f64();
+        r.since = Instant::now();
+        let (generation, world) = (r.generation, r.ranks.len());
+        let ranks = r.ranks.clone();
+        let step = committed + 1;
+        self.committed = step;
+        self.pieces = Some(
+            ranks
+                .iter()
+                .map(|n| (n.clone(), self.nodes.get(n).map_or(0, |k| k.conn)))
+                .collect(),
+        );
+        let first = &reports[0];
+        let stats = StepStats {
+            step,
+            loss: first.loss,
+            lr: first.lr,
+            grad_norm: first.grad_norm,
+            tokens: self.tokens_per_step,
+            seconds: wall,
+        };
+        let mut samples: Vec<u64> = reports.iter().flat_map(|r| r.samples.clone()).collect();
+        samples.sort_unstable();
+        self.log_commit(&stats, generation, world, &samples, &reports);
+        let done = step >= self.max_steps;
+        let reconfigure = !done && (!self.joining.is_empty() || !self.draining.is_empty());
+        let leaving = plan::can_leave(&ranks, &self.draining);
+        let reconfigure = reconfigure && (!self.joining.is_empty() || !leaving.is_empty());
+        for n in &ranks {
+            self.send(n, ToNode::Commit { step, reconfigure });
+        }
+        if done {
+            self.finish();
+        } else if reconfigure {
+            self.form();
+        } else {
+            self.publish();
+        }
+    }
+
+    fn log_commit(
+        &mut self,
+        stats: &StepStats,
+        generation: u64,
+        world: usize,
+        samples: &[u64],
+        reports: &[StepReport],
+    ) {
+        if let Err(e) = self.metrics.log_step(stats) {
+            tracing::warn!(error = %e, "cannot write metrics");
+        }
+        let line = SamplesLine {
+            step: stats.step,
+            generation,
+            world,
+            samples,
+        };
+        if let Ok(text) = serde_json::to_string(&line) {
+            let _ = writeln!(self.samples, "{text}").and_then(|()| self.samples.flush());
+        }
+        let slowest = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+        let mirror = reports.iter().map(|r| r.mirror_seconds).fold(0.0, f64::max);
+        metrics::histogram!("shoal_step_seconds").record(stats.seconds);
+        metrics::histogram!("shoal_rank_step_seconds").record(slowest);
+        metrics::histogram!("shoal_mirror_seconds").record(mirror);
+        for r in reports {
+            metrics::histogram!("shoal_collective_seconds").record(r.comm_seconds);
+            metrics::counter!("shoal_bytes_sent_total").increment(r.bytes_sent);
+        }
+        metrics::counter!("shoal_steps_committed_total").increment(1);
+        metrics::gauge!("shoal_loss").set(f64::from(stats.loss));
+        metrics::gauge!("shoal_tokens_per_second").set(stats.tokens_per_s());
+        metrics::gauge!("shoal_committed_step").set(stats.step as f64);
+        self.recorder.step(stats);
+        tracing::info!(
+            step = stats.step,
+            loss = stats.loss,
+            world,
+            generation,
+            "committed"
+        );
+    }
+
+    /// The last step is committed: every node stops once rank 0 wrote the final
+    /// checkpoint.
+    fn finish(&mut self) {
+        self.finished = true;
+        let everyone: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in &everyone {
+            self.send(n, ToNode::Stop);
+        }
+        self.recorder
+            .event(self.committed, "finished", "the run is over".into());
+        // Wait for rank 0's final checkpoint (or the nodes to leave), at most a while.
+        self.stop_by = Some(Instant::now() + Duration::from_secs(600));
+        self.publish();
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let lost: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, k)| now.duration_since(k.last_seen) > self.heartbeat_timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in lost {
+            let why = format!("no heartbeat for {:?}", self.heartbeat_timeout);
+            self.lose(&name, &why);
+        }
+        let retry = self.running.as_ref().is_some_and(|r| {
+            r.failed_at
+                .is_some_and(|t| now.duration_since(t) > 2 * self.heartbeat_timeout)
+        });
+        if retry && !self.finished {
+            self.recorder.event(
+                self.committed,
+                "retry",
+                "a step failed with every node alive: re-forming the ring".into(),
+            );
+            self.abort_and_reform();
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let members = self.members();
+        let (generation, world) = self
+            .running
+            .as_ref()
+            .map_or((self.generation, 0), |r| (r.generation, r.ranks.len()));
+        self.recorder
+            .publish(generation, world, self.committed, self.finished, members);
+    }
+
+    fn members(&self) -> Vec<MemberStatus> {
+        let now = Instant::now();
+        let ranks = self.running.as_ref().map(|r| &r.ranks);
+        let mut out: Vec<MemberStatus> = self
+            .nodes
+            .iter()
+            .map(|(name, k)| {
+                let rank = ranks.and_then(|r| r.iter().position(|n| n == name));
+                let state = if self.draining.contains(name) {
+                    "draining"
+                } else if rank.is_some() {
+                    "active"
+                } else {
+                    "joining"
+                };
+                MemberStatus {
+                    name: name.clone(),
+                    rank: rank.map(|r| r as u32),
+                    addr: k.addr.to_string(),
+                    state: state.into(),
+                    since_heartbeat_ms: now.duration_since(k.last_seen).as_millis() as u64,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.rank.is_none(), a.rank, &a.name).cmp(&(b.rank.is_none(), b.rank, &b.name))
+        });
+        out
+    }
+
+    fn drain(&mut self, name: &str) -> std::result::Result<String, DrainRefused> {
+        if !self.nodes.contains_key(name) {
+            return Err(DrainRefused::Unknown(name.into()));
+        }
+        if self.finished {
+            return Err(DrainRefused::Refused("the run is over".into()));
+        }
+        let staying = self.nodes.len() - self.draining.len() - 1;
+        if staying == 0 {
+            return Err(DrainRefused::Refused(format!(
+                "draining `{name}` would leave no node"
+            )));
+        }
+        if let Some(i) = self.joining.iter().position(|n| n == name) {
+            self.joining.remove(i);
+            self.send(name, ToNode::Leave);
+            self.nodes.remove(name);
+            self.recorder.event(
+                self.committed,
+                "drain",
+                format!("node `{name}` left before its first generation"),
+            );
+            return Ok(format!("node `{name}` left"));
+        }
+        self.draining.insert(name.into());
+        self.recorder.event(
+            self.committed,
+            "drain",
+            format!("node `{name}` drains at the next step boundary"),
+        );
+        self.publish();
+        Ok(format!("node `{name}` leaves at the next step boundary"))
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        a: CoordinatorArgs,
+    ) -> std::result::Result<CoordinatorState, ActorProcessingErr> {
+        let out = a.config.out_dir.clone();
+        std::fs::create_dir_all(&out).map_err(|e| io_error(&out, e))?;
+        let metrics = MetricsWriter::open(&out.join("metrics.jsonl"), a.committed)?;
+        let samples_path = out.join("samples.jsonl");
+        let samples = std::fs::OpenOptions::new()
+            .create(true)
+            .append(a.committed > 0)
+            .write(true)
+            .truncate(a.committed == 0)
+            .open(&samples_path)
+            .map_err(|e| io_error(&samples_path, e))?;
+        myself.send_interval(TICK, || CoordinatorMsg::Tick);
+        Ok(CoordinatorState {
+            spec_token: a.spec_token,
+            min_nodes: a.min_nodes,
+            max_nodes: a.max_nodes,
+            heartbeat_timeout: a.heartbeat_timeout,
+            max_steps: a.config.max_steps,
+            tokens_per_step: a.config.tokens_per_step(),
+            config_toml: a.config.to_toml_string(),
+            store: CheckpointStore::new(&out, a.config.keep_checkpoints),
+            nodes: HashMap::new(),
+            joining: Vec::new(),
+            draining: HashSet::new(),
+            generation: 0,
+            running: None,
+            pieces: None,
+            committed: a.committed,
+            finished: a.committed >= a.config.max_steps,
+            metrics,
+            samples,
+            recorder: a.recorder,
+            done: Some(a.done),
+            stop_by: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        msg: CoordinatorMsg,
+        state: &mut CoordinatorState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            CoordinatorMsg::Net(ServerEvent::Hello { conn, hello, link }) => {
+                state.hello(conn, hello, link);
+            }
+            CoordinatorMsg::Net(ServerEvent::Message { conn, msg }) => state.message(conn, msg),
+            CoordinatorMsg::Net(ServerEvent::Closed { conn, reason }) => {
+                let name = state
+                    .nodes
+                    .iter()
+                    .find(|(_, k)| k.conn == conn)
+                    .map(|(n, _)| n.clone());
+                if let Some(name) = name {
+                    state.lose(&name, &format!("connection closed ({reason})"));
+                }
+            }
+            CoordinatorMsg::Tick => state.tick(),
+            CoordinatorMsg::Drain(name, reply) => {
+                let _ = reply.send(state.drain(&name));
+            }
+        }
+        let over = state
+            .stop_by
+            .is_some_and(|t| Instant::now() >= t || state.nodes.is_empty());
+        if over {
+            if let Some(done) = state.done.take() {
+                let _ = done.send(Ok(state.committed));
+            }
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+/// A running coordinator: the actor, its membership endpoint and the runtime
+/// they run on.
+pub struct Coordinator {
+    runtime: tokio::runtime::Runtime,
+    actor: ActorRef<CoordinatorMsg>,
+    server: Option<MembershipServer>,
+    addr: SocketAddr,
+    status: Arc<Mutex<Status>>,
+    done: Option<ractor::concurrency::OneshotReceiver<Result<u64>>>,
+}
+
+impl Coordinator {
+    /// Starts the coordinator of `spec` and listens for nodes.
+    pub fn start(spec: CoordinatorSpec) -> Result<Self> {
+        spec.config.validate()?;
+        if spec.min_nodes == 0 || spec.max_nodes < spec.min_nodes {
+            return Err(TrainError::InvalidConfig {
+                field: "nodes",
+                reason: format!(
+                    "min {} and max {} nodes (1 ≤ min ≤ max)",
+                    spec.min_nodes, spec.max_nodes
+                ),
+            });
+        }
+        let store = CheckpointStore::new(&spec.config.out_dir, spec.config.keep_checkpoints);
+        let committed = if spec.resume {
+            newest_checkpoint(&store)?
+        } else if !store.list()?.is_empty() {
+            return Err(TrainError::CheckpointsExist {
+                path: store.root().to_path_buf(),
+            });
+        } else {
+            0
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shoal-coordinator")
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::io("tokio runtime", e))?;
+        let status = Arc::new(Mutex::new(Status {
+            run: spec.config.out_dir.display().to_string(),
+            max_steps: spec.config.max_steps,
+            step: committed,
+            ..Status::default()
+        }));
+        let (done_tx, done) = oneshot();
+        let out = &spec.config.out_dir;
+        std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+        let recorder = Recorder::new(status.clone(), &out.join("elastic.jsonl"), committed)?;
+        let args = CoordinatorArgs {
+            spec_token: spec.token,
+            min_nodes: spec.min_nodes,
+            max_nodes: spec.max_nodes,
+            heartbeat_timeout: spec.heartbeat_timeout,
+            config: spec.config,
+            committed,
+            recorder,
+            done: done_tx,
+        };
+        let (actor, _) = runtime
+            .block_on(Actor::spawn(None, CoordinatorActor, args))
+            .map_err(|e| TrainError::Actor {
+                actor: "Coordinator",
+                reason: e.to_string(),
+            })?;
+        let to_actor = actor.clone();
+        let server = MembershipServer::bind(
+            spec.listen,
+            &spec.identity,
+            &QuicOptions::default(),
+            move |e| {
+                let _ = to_actor.cast(CoordinatorMsg::Net(e));
+            },
+        )
+        .map_err(MembershipError::from)?;
+        let addr = server.local_addr().map_err(MembershipError::from)?;
+        Ok(Self {
+            runtime,
+            actor,
+            server: Some(server),
+            addr,
+            status,
+            done: Some(done),
+        })
+    }
+
+    /// Where nodes dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A snapshot of the cluster.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A shared view of the cluster's status, kept up to date by the coordinator.
+    pub fn status_handle(&self) -> Arc<Mutex<Status>> {
+        self.status.clone()
+    }
+
+    /// A handle that drains nodes from another thread.
+    pub fn drainer(&self) -> Drainer {
+        Drainer {
+            actor: self.actor.clone(),
+            runtime: self.runtime.handle().clone(),
+        }
+    }
+
+    /// Waits until the run is over; the last committed step.
+    pub fn wait(mut self) -> Result<u64> {
+        let done = self.done.take().ok_or_else(|| TrainError::Actor {
+            actor: "Coordinator",
+            reason: "already waited".into(),
+        })?;
+        let out = self.runtime.block_on(done).map_err(|e| TrainError::Actor {
+            actor: "Coordinator",
+            reason: e.to_string(),
+        })?;
+        out
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+        self.server.take();
+    }
+}
+
+/// Drains nodes of a running coordinator (cloneable, usable from any thread but
+/// the coordinator's own runtime).
+#[derive(Clone)]
+pub struct Drainer {
+    actor: ActorRef<CoordinatorMsg>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drainer {
+    /// Drains `node`: it leaves at the next step boundary.
+    pub fn drain(&self, node: &str) -> std::result::Result<String, DrainRefused> {
+        let (tx, rx) = oneshot();
+        let gone = || DrainRefused::Refused("the coordinator stopped".into());
+        self.actor
+            .cast(CoordinatorMsg::Drain(node.into(), tx.into()))
+            .map_err(|_| gone())?;
+        self.runtime.block_on(rx).map_err(|_| gone())?
+    }
+}
