@@ -21,8 +21,9 @@
 //! consumes the same samples and the loss curve goes on.
 //!
 //! The coordinator writes the run's `metrics.jsonl` (one step line per committed
-//! step, evaluations from the generation's rank 0), `samples.jsonl` (the global
-//! sample indices each committed step consumed) and `elastic.jsonl` (membership
+//! step, evaluations from the generation's rank 0), `commits.jsonl` (per
+//! committed step: its generation and world size, the global sample indices it
+//! consumed, the slowest rank's step and mirroring times) and `elastic.jsonl` (membership
 //! events), records Prometheus metrics through the `metrics` facade, and keeps a
 //! [`Status`] for the control plane.
 //!
@@ -30,8 +31,6 @@
 //! link times out) and the run resumes from its newest checkpoint.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -79,6 +78,9 @@ pub struct CoordinatorSpec {
     pub identity: NodeIdentity,
     /// Continue the run from the newest checkpoint in the config's out_dir.
     pub resume: bool,
+    /// A node that takes rank 0 whenever it is in a new generation (the node that
+    /// embeds the coordinator, which shares its run directory).
+    pub first: Option<String>,
 }
 
 /// Why a drain was not accepted.
@@ -130,6 +132,7 @@ struct Running {
 /// The coordinator's state.
 pub struct CoordinatorState {
     spec_token: String,
+    first: Option<String>,
     min_nodes: usize,
     max_nodes: usize,
     heartbeat_timeout: Duration,
@@ -151,7 +154,7 @@ pub struct CoordinatorState {
     /// checkpointed).
     finished: bool,
     metrics: MetricsWriter,
-    samples: File,
+    commits: MetricsWriter,
     recorder: Recorder,
     done: Option<ractor::concurrency::OneshotSender<Result<u64>>>,
     /// Set when the run finished: stop once the nodes are gone or this passes.
@@ -164,6 +167,7 @@ pub struct CoordinatorActor;
 /// What [`CoordinatorActor`] starts from.
 pub struct CoordinatorArgs {
     spec_token: String,
+    first: Option<String>,
     min_nodes: usize,
     max_nodes: usize,
     heartbeat_timeout: Duration,
@@ -183,12 +187,17 @@ fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A line of `commits.jsonl`.
 #[derive(Serialize)]
-struct SamplesLine<'a> {
+struct CommitLine<'a> {
     step: u64,
     generation: u64,
     world: usize,
     samples: &'a [u64],
+    /// The slowest rank's step, mirroring included.
+    rank_seconds: f64,
+    /// The slowest rank's mirroring.
+    mirror_seconds: f64,
 }
 
 /// The step of the newest checkpoint of `store` that loads (a damaged one is
@@ -231,7 +240,18 @@ impl CoordinatorState {
         });
         let alive = self.alive();
         let joining = std::mem::take(&mut self.joining);
-        let next = plan::next_generation(&members, pieces.as_deref(), &alive, &leaving, &joining);
+        let mut next =
+            plan::next_generation(&members, pieces.as_deref(), &alive, &leaving, &joining);
+        if let Some(i) = self
+            .first
+            .as_ref()
+            .and_then(|f| next.ranks.iter().position(|n| n == f))
+        {
+            let name = next.ranks.remove(i);
+            next.ranks.insert(0, name);
+            let restore = next.restores.remove(i);
+            next.restores.insert(0, restore);
+        }
         for name in &next.leaving {
             self.draining.remove(name);
             self.send(name, ToNode::Leave);
@@ -336,35 +356,39 @@ impl CoordinatorState {
             );
         }
         self.committed = step;
-        if let Ok(m) = MetricsWriter::open(self.metrics.path(), step) {
-            self.metrics = m;
+        // Steps after the checkpoint are done again: their lines go.
+        for w in [&mut self.metrics, &mut self.commits] {
+            match MetricsWriter::open(w.path(), step) {
+                Ok(fresh) => *w = fresh,
+                Err(e) => tracing::warn!(error = %e, "cannot cut back a metrics file"),
+            }
         }
     }
 
     /// A node is gone.
-    fn lose(&mut self, name: &str, why: &str) {
-        if self.nodes.remove(name).is_none() {
-            return;
+    fn lose(&mut self, names: &[String], why: &str) {
+        let mut member = false;
+        for name in names {
+            if self.nodes.remove(name).is_none() {
+                continue;
+            }
+            self.joining.retain(|n| n != name);
+            self.draining.remove(name);
+            member |= self
+                .running
+                .as_ref()
+                .is_some_and(|r| r.ranks.contains(name));
+            let (kind, what) = if self.finished {
+                ("left", format!("node `{name}` left"))
+            } else {
+                ("failure", format!("node `{name}` lost: {why}"))
+            };
+            self.recorder.event(self.committed, kind, what);
         }
-        self.joining.retain(|n| n != name);
-        self.draining.remove(name);
-        let member = self
-            .running
-            .as_ref()
-            .is_some_and(|r| r.ranks.iter().any(|n| n == name));
-        if self.finished {
-            self.recorder
-                .event(self.committed, "left", format!("node `{name}` left"));
-            return;
-        }
-        self.recorder.event(
-            self.committed,
-            "failure",
-            format!("node `{name}` lost: {why}"),
-        );
-        if member {
+        // Every loss seen at once goes into one new generation.
+        if member && !self.finished {
             self.abort_and_reform();
-        } else if self.running.is_none() && !self.joining.is_empty() {
+        } else {
             self.publish();
         }
     }
@@ -563,17 +587,19 @@ impl CoordinatorState {
         if let Err(e) = self.metrics.log_step(stats) {
             tracing::warn!(error = %e, "cannot write metrics");
         }
-        let line = SamplesLine {
+        let slowest = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+        let mirror = reports.iter().map(|r| r.mirror_seconds).fold(0.0, f64::max);
+        let line = CommitLine {
             step: stats.step,
             generation,
             world,
             samples,
+            rank_seconds: slowest,
+            mirror_seconds: mirror,
         };
-        if let Ok(text) = serde_json::to_string(&line) {
-            let _ = writeln!(self.samples, "{text}").and_then(|()| self.samples.flush());
+        if let Err(e) = self.commits.write_line(&line) {
+            tracing::warn!(error = %e, "cannot write commits.jsonl");
         }
-        let slowest = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
-        let mirror = reports.iter().map(|r| r.mirror_seconds).fold(0.0, f64::max);
         metrics::histogram!("shoal_step_seconds").record(stats.seconds);
         metrics::histogram!("shoal_rank_step_seconds").record(slowest);
         metrics::histogram!("shoal_mirror_seconds").record(mirror);
@@ -618,9 +644,9 @@ impl CoordinatorState {
             .filter(|(_, k)| now.duration_since(k.last_seen) > self.heartbeat_timeout)
             .map(|(n, _)| n.clone())
             .collect();
-        for name in lost {
+        if !lost.is_empty() {
             let why = format!("no heartbeat for {:?}", self.heartbeat_timeout);
-            self.lose(&name, &why);
+            self.lose(&lost, &why);
         }
         let retry = self.running.as_ref().is_some_and(|r| {
             r.failed_at
@@ -725,17 +751,11 @@ impl Actor for CoordinatorActor {
         let out = a.config.out_dir.clone();
         std::fs::create_dir_all(&out).map_err(|e| io_error(&out, e))?;
         let metrics = MetricsWriter::open(&out.join("metrics.jsonl"), a.committed)?;
-        let samples_path = out.join("samples.jsonl");
-        let samples = std::fs::OpenOptions::new()
-            .create(true)
-            .append(a.committed > 0)
-            .write(true)
-            .truncate(a.committed == 0)
-            .open(&samples_path)
-            .map_err(|e| io_error(&samples_path, e))?;
+        let commits = MetricsWriter::open(&out.join("commits.jsonl"), a.committed)?;
         myself.send_interval(TICK, || CoordinatorMsg::Tick);
         Ok(CoordinatorState {
             spec_token: a.spec_token,
+            first: a.first,
             min_nodes: a.min_nodes,
             max_nodes: a.max_nodes,
             heartbeat_timeout: a.heartbeat_timeout,
@@ -752,7 +772,7 @@ impl Actor for CoordinatorActor {
             committed: a.committed,
             finished: a.committed >= a.config.max_steps,
             metrics,
-            samples,
+            commits,
             recorder: a.recorder,
             done: Some(a.done),
             stop_by: None,
@@ -777,7 +797,7 @@ impl Actor for CoordinatorActor {
                     .find(|(_, k)| k.conn == conn)
                     .map(|(n, _)| n.clone());
                 if let Some(name) = name {
-                    state.lose(&name, &format!("connection closed ({reason})"));
+                    state.lose(&[name], &format!("connection closed ({reason})"));
                 }
             }
             CoordinatorMsg::Tick => state.tick(),
@@ -850,6 +870,7 @@ impl Coordinator {
         let recorder = Recorder::new(status.clone(), &out.join("elastic.jsonl"), committed)?;
         let args = CoordinatorArgs {
             spec_token: spec.token,
+            first: spec.first,
             min_nodes: spec.min_nodes,
             max_nodes: spec.max_nodes,
             heartbeat_timeout: spec.heartbeat_timeout,
@@ -917,11 +938,10 @@ impl Coordinator {
             actor: "Coordinator",
             reason: "already waited".into(),
         })?;
-        let out = self.runtime.block_on(done).map_err(|e| TrainError::Actor {
+        self.runtime.block_on(done).map_err(|e| TrainError::Actor {
             actor: "Coordinator",
             reason: e.to_string(),
-        })?;
-        out
+        })?
     }
 }
 

@@ -188,7 +188,9 @@ impl MetricsWriter {
             .map_err(|e| TrainError::io(&self.path, e))
     }
 
-    fn write_line(&mut self, value: &impl Serialize) -> Result<()> {
+    /// Writes any record with a `step` field as one line (a file of such records
+    /// is cut back at a resumed step like the metrics themselves).
+    pub fn write_line(&mut self, value: &impl Serialize) -> Result<()> {
         let line = serde_json::to_string(value).map_err(|e| TrainError::BadMetrics {
             path: self.path.clone(),
             line: 0,

@@ -36,5 +36,5 @@ pub use engine::{CommConfig, CommStats};
 pub use error::{CollectiveError, FrameError};
 pub use local::{LocalFaults, LocalHub};
 pub use loopback::{form_ring, loopback_ring};
-pub use quic::{QuicNode, QuicOptions};
+pub use quic::{FormCanceller, QuicNode, QuicOptions};
 pub use ring::{ReduceOp, shard_range};

@@ -143,11 +143,16 @@ struct Inbox {
 }
 
 impl Inbox {
+    /// The link `key` once it arrived; `None` at the deadline or once a newer
+    /// generation superseded `key`'s ([`FormCanceller`]).
     fn take(&self, key: (u64, u32), deadline: Instant) -> Option<IncomingLink> {
         let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(link) = links.remove(&key) {
                 return Some(link);
+            }
+            if self.newest_generation.load(Ordering::Relaxed) > key.0 {
+                return None;
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             links = self
@@ -177,6 +182,36 @@ impl Inbox {
     }
 }
 
+/// Cancels the forming of a node's ring of some generation from any thread: what
+/// an elastic node does when the coordinator abandons that generation while the
+/// ring is still forming (a member died before linking up).
+#[derive(Clone)]
+pub struct FormCanceller {
+    inbox: Arc<Inbox>,
+}
+
+impl FormCanceller {
+    /// Rings of `generation` and older stop forming (they fail at once) and their
+    /// links are refused from now on.
+    pub fn cancel(&self, generation: u64) {
+        self.inbox
+            .newest_generation
+            .fetch_max(generation.saturating_add(1), Ordering::Relaxed);
+        // Take the lock so a waiter between its check and its wait is not missed.
+        let _links = self
+            .inbox
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.inbox.arrived.notify_all();
+    }
+
+    /// Whether rings of `generation` were cancelled.
+    pub fn is_cancelled(&self, generation: u64) -> bool {
+        self.inbox.newest_generation.load(Ordering::Relaxed) > generation
+    }
+}
+
 /// One process's QUIC endpoint: forms communicators with other nodes.
 pub struct QuicNode {
     runtime: tokio::runtime::Runtime,
@@ -186,6 +221,13 @@ pub struct QuicNode {
 }
 
 impl QuicNode {
+    /// A handle that cancels the forming of rings of a given generation.
+    pub fn canceller(&self) -> FormCanceller {
+        FormCanceller {
+            inbox: self.inbox.clone(),
+        }
+    }
+
     /// Binds `addr` (port 0 picks a free port) with this node's identity.
     pub fn bind(
         addr: SocketAddr,
@@ -286,14 +328,20 @@ impl QuicNode {
             hello,
             config.timeout,
         ));
-        let incoming =
-            self.inbox
-                .take((generation, prev as u32), deadline)
-                .ok_or(CollectiveError::Timeout {
-                    op: "form ring",
-                    waiting_for: prev,
-                    after: config.timeout,
-                });
+        let incoming = self
+            .inbox
+            .take((generation, prev as u32), deadline)
+            .ok_or_else(|| {
+                if self.inbox.newest_generation.load(Ordering::Relaxed) > generation {
+                    CollectiveError::Aborted { generation }
+                } else {
+                    CollectiveError::Timeout {
+                        op: "form ring",
+                        waiting_for: prev,
+                        after: config.timeout,
+                    }
+                }
+            });
         let incoming = match incoming {
             Ok(link) => link,
             Err(e) => {

@@ -168,6 +168,7 @@ pub fn start(
     listen: SocketAddr,
     identity: NodeIdentity,
     token: String,
+    first: Option<String>,
     a: &ElasticArgs,
 ) -> Result<Running> {
     let coordinator = Coordinator::start(CoordinatorSpec {
@@ -179,6 +180,7 @@ pub fn start(
         listen,
         identity,
         resume: a.resume,
+        first,
     })?;
     let view = View {
         status: coordinator.status_handle(),
@@ -212,7 +214,7 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
     })?;
     let token = read_token(&args.cluster)?;
     let out_dir = config.out_dir.clone();
-    let running = start(config, args.listen, identity, token, &args.elastic)?;
+    let running = start(config, args.listen, identity, token, None, &args.elastic)?;
     let step = running.coordinator.wait()?;
     running.control.stop();
     println!(

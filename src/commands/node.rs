@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use shoal_actors::{ElasticEnd, TrainConfig, Trainer};
-use shoal_collectives::membership::{CoordinatorLink, Hello, ToNode};
+use shoal_actors::{ElasticEnd, TrainConfig, TrainError, Trainer};
+use shoal_collectives::membership::{CoordinatorLink, Hello, MembershipError, ToNode};
 use shoal_collectives::rendezvous::any_port_like;
 use shoal_collectives::tls::NodeIdentity;
 use shoal_collectives::{QuicNode, QuicOptions};
@@ -97,6 +97,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         listen,
         identity.clone(),
         token.clone(),
+        Some(args.node.clone()),
         &args.elastic,
     )?;
     let mut at = running.coordinator.addr();
@@ -168,5 +169,13 @@ fn join(
     let mut trainer = Trainer::new(config)?;
     eprintln!("node `{}` joined the run at {at}", args.node);
     let left = timeout.saturating_sub(started.elapsed());
-    Ok(trainer.run_elastic(&link, &quic, left)?)
+    trainer
+        .run_elastic(&link, &quic, left)
+        .map_err(|e| match e {
+            TrainError::Membership(MembershipError::Timeout(_)) => anyhow::anyhow!(
+                "no generation started within {}s (is the run waiting for more nodes?)",
+                args.join_timeout
+            ),
+            e => e.into(),
+        })
 }

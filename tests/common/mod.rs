@@ -3,6 +3,8 @@
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -15,12 +15,13 @@
 //! The generation's rank 0 also evaluates and commits checkpoints, as rank 0 of
 //! a static run does; every rank writes its checkpoint shard.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use shoal_collectives::membership::{
     CoordinatorLink, Plan, Restore, StepReport, ToCoordinator, ToNode,
 };
-use shoal_collectives::{CommConfig, QuicNode, ReduceOp};
+use shoal_collectives::{AbortHandle, CommConfig, QuicNode, ReduceOp};
 
 use super::Trainer;
 use super::data_parallel::needs_params_after;
@@ -209,13 +210,25 @@ impl Trainer {
             timeout: ELASTIC_COMM_TIMEOUT,
             ..CommConfig::default()
         };
-        let mut comm = quic.communicator(generation, &plan.members, rank, config)?;
-        let abort = comm.abort_handle();
+        // An abort of this generation cancels the ring while it forms and wakes
+        // its collectives once it has formed.
+        let formed: Arc<Mutex<Option<AbortHandle>>> = Arc::default();
+        let canceller = quic.canceller();
+        let (cancel, slot) = (canceller.clone(), formed.clone());
         link.set_abort_hook(Some(Box::new(move |g| {
             if g == generation {
-                abort.abort(None);
+                cancel.cancel(g);
+                if let Some(abort) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+                    abort.abort(None);
+                }
             }
         })));
+        let mut comm = quic.communicator(generation, &plan.members, rank, config)?;
+        *formed.lock().unwrap_or_else(PoisonError::into_inner) = Some(comm.abort_handle());
+        // An abort between the ring forming and the handle above is not lost.
+        if canceller.is_cancelled(generation) {
+            comm.abort_handle().abort(None);
+        }
         let spec = self.node_spec(world)?;
         let buckets = Node::buckets(&spec);
         self.restore(plan, &mut comm, &buckets, held.as_ref())?;
