@@ -17,6 +17,7 @@
 //! generations are dropped and counted, never combined.
 
 pub mod comm;
+pub mod dial;
 pub mod engine;
 pub mod error;
 pub mod frame;
@@ -26,7 +27,6 @@ pub mod membership;
 pub mod pattern;
 pub mod probe;
 pub mod quic;
-pub mod rendezvous;
 pub mod ring;
 pub mod tls;
 pub mod transport;

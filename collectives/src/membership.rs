@@ -25,8 +25,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::dial::{DialError, any_port_like, connect};
 use crate::quic::{QuicOptions, endpoint, runtime, transport_config};
-use crate::rendezvous::{RendezvousError, any_port_like, connect};
 use crate::tls::NodeIdentity;
 
 /// First field of every membership message ("SHMB").
@@ -184,9 +184,10 @@ pub enum ToNode {
 /// Errors of the membership wire.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    /// The connection could not be made (TLS, network, timeout, refusal).
+    /// The endpoint could not be set up or the coordinator could not be dialed
+    /// (TLS configuration, handshake, network).
     #[error(transparent)]
-    Connect(#[from] RendezvousError),
+    Connect(#[from] DialError),
     /// Bytes that are not a membership message.
     #[error("malformed membership message: {0}")]
     Malformed(String),
@@ -339,7 +340,7 @@ impl MembershipServer {
         identity: &NodeIdentity,
         options: &QuicOptions,
         on_event: impl Fn(ServerEvent) + Send + Sync + 'static,
-    ) -> Result<Self, RendezvousError> {
+    ) -> Result<Self, DialError> {
         let mut server = identity.server_config()?;
         server.transport_config(transport_config(options)?);
         let runtime = runtime("shoal-membership")?;
@@ -350,9 +351,9 @@ impl MembershipServer {
     }
 
     /// The address nodes dial.
-    pub fn local_addr(&self) -> Result<SocketAddr, RendezvousError> {
+    pub fn local_addr(&self) -> Result<SocketAddr, DialError> {
         self.endpoint.local_addr().map_err(|e| {
-            RendezvousError::Endpoint(crate::CollectiveError::Network(format!(
+            DialError::Endpoint(crate::CollectiveError::Network(format!(
                 "local address: {e}"
             )))
         })
@@ -469,11 +470,10 @@ impl CoordinatorLink {
         timeout: Duration,
         heartbeat_every: Duration,
     ) -> Result<Self, MembershipError> {
-        let mut client = identity.client_config().map_err(RendezvousError::from)?;
-        client.transport_config(transport_config(options).map_err(RendezvousError::from)?);
-        let runtime = runtime("shoal-link").map_err(RendezvousError::from)?;
-        let endpoint =
-            endpoint(&runtime, any_port_like(addr), None).map_err(RendezvousError::from)?;
+        let mut client = identity.client_config().map_err(DialError::from)?;
+        client.transport_config(transport_config(options).map_err(DialError::from)?);
+        let runtime = runtime("shoal-link").map_err(DialError::from)?;
+        let endpoint = endpoint(&runtime, any_port_like(addr), None).map_err(DialError::from)?;
         let abort_hook: Arc<Mutex<Option<AbortHook>>> = Arc::default();
         let (tx, inbox) = unbounded();
         let (queue, outgoing) = unbounded_channel();

@@ -182,10 +182,7 @@ fn a_node_of_another_cluster_is_refused() {
     .err()
     .expect("refused");
     assert!(
-        matches!(
-            err,
-            MembershipError::Connect(RendezvousError::Handshake { .. })
-        ),
+        matches!(err, MembershipError::Connect(DialError::Handshake { .. })),
         "{err}"
     );
 }

@@ -4,12 +4,14 @@
 //! - [`collectives`]: ring collectives (in-process and QUIC) against memcpy, a raw
 //!   QUIC stream and gloo;
 //! - [`zero`]: data-parallel steps per ZeRO stage against one rank alone and PyTorch
-//!   DDP/FSDP.
+//!   DDP/FSDP;
+//! - [`elastic`]: failure detection, recovery, joining and mirroring of elastic runs.
 
 use anyhow::Result;
 use clap::Subcommand;
 
 pub mod collectives;
+pub mod elastic;
 pub mod train;
 pub mod zero;
 
@@ -23,6 +25,8 @@ pub enum BenchCommand {
     Collectives(collectives::BenchCollectivesArgs),
     /// Data-parallel training steps per ZeRO stage (ranks as threads).
     Zero(zero::BenchZeroArgs),
+    /// Elastic runs on loopback: failure detection and recovery, joining, mirroring.
+    Elastic(elastic::BenchElasticArgs),
 }
 
 /// `shoal bench ...`.
@@ -31,5 +35,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Collectives(a) => collectives::run(a),
         BenchCommand::Zero(a) => zero::run(a),
+        BenchCommand::Elastic(a) => elastic::run(a),
     }
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use shoal_actors::{ElasticEnd, TrainConfig, TrainError, Trainer};
+use shoal_collectives::dial::any_port_like;
 use shoal_collectives::membership::{CoordinatorLink, Hello, MembershipError, ToNode};
-use shoal_collectives::rendezvous::any_port_like;
 use shoal_collectives::tls::NodeIdentity;
 use shoal_collectives::{QuicNode, QuicOptions};
 
