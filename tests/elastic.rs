@@ -46,7 +46,7 @@ struct Run {
 impl Run {
     /// A cluster with certificates for `names`, a coordinator waiting for
     /// `min_nodes`, and the static reference run of the config.
-    fn start(dir: &Path, names: &[&str], min_nodes: &str) -> Self {
+    fn start(dir: &Path, names: &[&str], min_nodes: &str, mirror_every: &str) -> Self {
         let mut all = vec!["coordinator"];
         all.extend_from_slice(names);
         cluster(dir, "ca", &all);
@@ -64,6 +64,8 @@ impl Run {
                 min_nodes,
                 "--heartbeat-timeout-ms",
                 "1500",
+                "--mirror-every",
+                mirror_every,
             ],
             dir,
         );
@@ -199,7 +201,7 @@ fn a_kill_a_join_and_a_drain_leave_the_run_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let want = reference(dir);
-    let mut run = Run::start(dir, &["a", "b", "c", "d"], "3");
+    let mut run = Run::start(dir, &["a", "b", "c", "d"], "3", "1");
     for n in ["a", "b", "c"] {
         run.node(n);
     }
@@ -246,6 +248,51 @@ fn a_kill_a_join_and_a_drain_leave_the_run_unchanged() {
     assert!(dir.join("run/checkpoints/step-000030").is_dir());
 }
 
+/// Mirroring every fourth step: a node killed between mirrors costs the steps
+/// since the last one, which the survivors do again; a join waits for a mirrored
+/// step. Losses and samples are still the static run's.
+#[test]
+fn mirroring_every_fourth_step_redoes_the_steps_since() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let want = reference(dir);
+    let mut run = Run::start(dir, &["a", "b", "c"], "2", "4");
+    for n in ["a", "b"] {
+        run.node(n);
+    }
+    let (mut killed, mut joined) = (false, false);
+    run.watch(|run, s| {
+        let step = s["step"].as_u64().unwrap();
+        if step >= 6 && !joined {
+            run.node("c");
+            joined = true;
+        }
+        if step >= 18 && !killed && s["world"] == 3 {
+            run.kill("b");
+            killed = true;
+        }
+        s["finished"].as_bool().unwrap()
+    });
+    run.finish();
+    let worlds = assert_like_reference(dir, &want);
+    let ev = events(dir);
+    assert!(ev.contains("node `b` lost"), "{ev}");
+    // Lost between mirrors: the steps since the last mirror were done again.
+    let lost_at = ev
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["kind"] == "failure")
+        .unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    if lost_at % 4 != 0 {
+        assert!(ev.contains("\"rewind\""), "{ev}");
+    }
+    // The join took effect after a mirrored step (a multiple of 4).
+    let grown = worlds.iter().find(|&&(_, w)| w == 3).unwrap().0;
+    assert_eq!((grown - 1) % 4, 0, "{worlds:?}");
+}
+
 /// Two of three nodes die at once: a piece of the state and its mirror are both
 /// gone, so the survivor goes back to the newest checkpoint that loads (the
 /// newest is corrupted first, so that is the one before) and redoes the steps.
@@ -254,7 +301,7 @@ fn losing_a_piece_and_its_mirror_falls_back_to_the_previous_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let want = reference(dir);
-    let mut run = Run::start(dir, &["a", "b", "c"], "3");
+    let mut run = Run::start(dir, &["a", "b", "c"], "3", "1");
     for n in ["a", "b", "c"] {
         run.node(n);
     }
@@ -289,7 +336,7 @@ fn losing_a_piece_and_its_mirror_falls_back_to_the_previous_good_checkpoint() {
 fn wrong_tokens_and_certificates_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut run = Run::start(dir, &["a"], "2");
+    let mut run = Run::start(dir, &["a"], "2", "1");
     cluster(dir, "other-ca", &["intruder"]);
     std::fs::write(dir.join("a/token"), "not-the-token").unwrap();
     run.node("a");

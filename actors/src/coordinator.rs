@@ -81,6 +81,10 @@ pub struct CoordinatorSpec {
     /// A node that takes rank 0 whenever it is in a new generation (the node that
     /// embeds the coordinator, which shares its run directory).
     pub first: Option<String>,
+    /// Nodes mirror their pieces after every this many steps (1: every step). A
+    /// lost node then costs the steps since the last mirrored one, which are done
+    /// again; membership changes wait for a mirrored step.
+    pub mirror_every: u32,
 }
 
 /// Why a drain was not accepted.
@@ -133,6 +137,7 @@ struct Running {
 pub struct CoordinatorState {
     spec_token: String,
     first: Option<String>,
+    mirror_every: u32,
     min_nodes: usize,
     max_nodes: usize,
     heartbeat_timeout: Duration,
@@ -150,8 +155,9 @@ pub struct CoordinatorState {
     /// connections (a node that reconnects holds nothing).
     pieces: Option<Vec<(String, u64)>>,
     committed: u64,
-    /// A restore from scratch is pending (nothing was ever committed or
-    /// checkpointed).
+    /// The committed step the pieces hold (the last mirrored one).
+    mirrored: u64,
+    /// Whether the run is over.
     finished: bool,
     metrics: MetricsWriter,
     commits: MetricsWriter,
@@ -168,6 +174,7 @@ pub struct CoordinatorActor;
 pub struct CoordinatorArgs {
     spec_token: String,
     first: Option<String>,
+    mirror_every: u32,
     min_nodes: usize,
     max_nodes: usize,
     heartbeat_timeout: Duration,
@@ -280,6 +287,14 @@ impl CoordinatorState {
         }
         if next.lost_state {
             self.restart_from_checkpoint();
+        } else if self.mirrored < self.committed {
+            self.rewind(
+                self.mirrored,
+                format!(
+                    "the pieces hold step {}: its later steps are done again",
+                    self.mirrored
+                ),
+            );
         }
         self.generation += 1;
         let generation = self.generation;
@@ -303,6 +318,7 @@ impl CoordinatorState {
                     members: addrs.clone(),
                     step: self.committed,
                     restore,
+                    mirror_every: self.mirror_every,
                 }),
             );
         }
@@ -355,14 +371,24 @@ impl CoordinatorState {
                 format!("a piece and its mirror were lost: back to the checkpoint of step {step}"),
             );
         }
+        self.rewind(step, format!("back to the checkpoint of step {step}"));
+    }
+
+    /// The run goes back to committed step `step`: the steps after it are done
+    /// again, and their metrics and commit lines go.
+    fn rewind(&mut self, step: u64, why: String) {
+        if step != self.committed {
+            self.recorder.event(self.committed, "rewind", why);
+        }
         self.committed = step;
-        // Steps after the checkpoint are done again: their lines go.
+        self.mirrored = step;
         for w in [&mut self.metrics, &mut self.commits] {
             match MetricsWriter::open(w.path(), step) {
                 Ok(fresh) => *w = fresh,
                 Err(e) => tracing::warn!(error = %e, "cannot cut back a metrics file"),
             }
         }
+        self.recorder.truncate(step);
     }
 
     /// A node is gone.
@@ -542,12 +568,16 @@ impl CoordinatorState {
         let ranks = r.ranks.clone();
         let step = committed + 1;
         self.committed = step;
-        self.pieces = Some(
-            ranks
-                .iter()
-                .map(|n| (n.clone(), self.nodes.get(n).map_or(0, |k| k.conn)))
-                .collect(),
-        );
+        let mirrored = reports.iter().all(|r| r.mirrored);
+        if mirrored {
+            self.mirrored = step;
+            self.pieces = Some(
+                ranks
+                    .iter()
+                    .map(|n| (n.clone(), self.nodes.get(n).map_or(0, |k| k.conn)))
+                    .collect(),
+            );
+        }
         let first = &reports[0];
         let stats = StepStats {
             step,
@@ -561,7 +591,9 @@ impl CoordinatorState {
         samples.sort_unstable();
         self.log_commit(&stats, generation, world, &samples, &reports);
         let done = step >= self.max_steps;
-        let reconfigure = !done && (!self.joining.is_empty() || !self.draining.is_empty());
+        // Membership changes wait for a step whose pieces were mirrored.
+        let reconfigure =
+            !done && mirrored && (!self.joining.is_empty() || !self.draining.is_empty());
         let leaving = plan::can_leave(&ranks, &self.draining);
         let reconfigure = reconfigure && (!self.joining.is_empty() || !leaving.is_empty());
         for n in &ranks {
@@ -756,6 +788,7 @@ impl Actor for CoordinatorActor {
         Ok(CoordinatorState {
             spec_token: a.spec_token,
             first: a.first,
+            mirror_every: a.mirror_every.max(1),
             min_nodes: a.min_nodes,
             max_nodes: a.max_nodes,
             heartbeat_timeout: a.heartbeat_timeout,
@@ -770,6 +803,7 @@ impl Actor for CoordinatorActor {
             running: None,
             pieces: None,
             committed: a.committed,
+            mirrored: a.committed,
             finished: a.committed >= a.config.max_steps,
             metrics,
             commits,
@@ -871,6 +905,7 @@ impl Coordinator {
         let args = CoordinatorArgs {
             spec_token: spec.token,
             first: spec.first,
+            mirror_every: spec.mirror_every,
             min_nodes: spec.min_nodes,
             max_nodes: spec.max_nodes,
             heartbeat_timeout: spec.heartbeat_timeout,

@@ -75,6 +75,8 @@ pub struct StepReport {
     pub samples: Vec<u64>,
     /// Bytes this rank's collectives sent during the step.
     pub bytes_sent: u64,
+    /// Whether the rank mirrored its piece after this step.
+    pub mirrored: bool,
 }
 
 /// Messages from a node to the coordinator.
@@ -148,6 +150,8 @@ pub struct Plan {
     pub step: u64,
     /// Where the state comes from.
     pub restore: Restore,
+    /// Mirror the pieces after every this many steps (and the last).
+    pub mirror_every: u32,
 }
 
 /// Messages from the coordinator to a node.

@@ -35,6 +35,7 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
                 world: 3,
                 contribute: vec![1, 2],
             },
+            mirror_every: 1,
         }),
         ToNode::Commit {
             step: 3,
@@ -60,6 +61,7 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
         comm_seconds: 0.02,
         samples: vec![1, 2, 3],
         bytes_sent: 10,
+        mirrored: true,
     });
     let frame = encode(&report).unwrap();
     assert_eq!(decode::<ToCoordinator>(body(&frame)).unwrap(), report);

@@ -37,6 +37,9 @@ pub struct BenchElasticArgs {
     /// Heartbeat timeout of the coordinator, milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_timeout_ms: u64,
+    /// Mirror the pieces after every this many steps.
+    #[arg(long, default_value_t = 1)]
+    pub mirror_every: u32,
 }
 
 /// A model and batch: TOML `[model]` lines, sequences per step, tokens per sequence.
@@ -129,6 +132,7 @@ fn measure(a: &BenchElasticArgs, model: &str) -> Result<Measured> {
         identity: ca.issue("coordinator")?,
         resume: false,
         first: None,
+        mirror_every: a.mirror_every,
     })?;
     let at = coordinator.addr().to_string();
     let mut children: Vec<Child> = names[..a.nodes]
@@ -144,9 +148,7 @@ fn measure(a: &BenchElasticArgs, model: &str) -> Result<Measured> {
             s.events.iter().any(|e| e.kind == "failure")
         })?;
         let after = coordinator.status().step;
-        let recovered = poll(&coordinator, "a step after the failure", |s| {
-            s.step > after
-        })?;
+        let recovered = poll(&coordinator, "a step after the failure", |s| s.step > after)?;
         poll(&coordinator, "more steps", |s| s.step >= 2 * k + 1)?;
         let joined = Instant::now();
         children.push(node(dir, &at, &names[a.nodes])?);

@@ -57,6 +57,10 @@ pub struct ElasticArgs {
     /// Continue the run from the newest checkpoint in the config's out_dir.
     #[arg(long)]
     pub resume: bool,
+    /// Mirror every node's piece of the state on its ring neighbour after every
+    /// this many steps; a lost node costs the steps since the last mirror.
+    #[arg(long, value_name = "STEPS", default_value_t = 1)]
+    pub mirror_every: u32,
 }
 
 /// Flags of `shoal scale`.
@@ -181,6 +185,7 @@ pub fn start(
         identity,
         resume: a.resume,
         first,
+        mirror_every: a.mirror_every,
     })?;
     let view = View {
         status: coordinator.status_handle(),

@@ -38,7 +38,7 @@ pub struct Event {
     /// Committed steps when it happened.
     pub step: u64,
     /// `join`, `drain`, `failure`, `generation`, `ready`, `checkpoint`, `retry`,
-    /// `waiting`, `state lost`, `finished`.
+    /// `waiting`, `state lost`, `rewind`, `left`, `finished`.
     pub kind: String,
     /// What happened, for a person.
     pub detail: String,
@@ -127,6 +127,11 @@ impl Recorder {
             s.loss = Some(stats.loss);
             s.tokens_per_s = Some(stats.tokens_per_s());
         });
+    }
+
+    /// Forgets the losses of steps after `step` (they are done again).
+    pub(crate) fn truncate(&mut self, step: u64) {
+        self.with(|s| s.losses.retain(|&(k, _)| k <= step));
     }
 
     /// Updates the membership part of the snapshot.

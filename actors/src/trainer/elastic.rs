@@ -5,10 +5,10 @@
 //! the committed state (from scratch, from the newest checkpoint, or from the
 //! pieces the survivors hold, summed over the new ring: every piece is contributed
 //! by exactly one member and the rest of the buffer is zero, so the sum is exact),
-//! starts its rank as the actors of a [`Node`], and steps. After each step the
-//! rank mirrors its piece of the state on the next rank ([`Node::mirror`]),
-//! reports the step and waits for the coordinator to commit it: only then does
-//! the mirrored state replace the one it held. An abort (a member was lost)
+//! starts its rank as the actors of a [`Node`], and steps. After each step (or
+//! every `mirror_every` steps) the rank mirrors its piece of the state on the next
+//! rank ([`Node::mirror`]), reports the step and waits for the coordinator to
+//! commit it: only then does the mirrored state replace the one it held. An abort (a member was lost)
 //! wakes the rank's collectives at once; the node drops the generation, step in
 //! flight included, and waits for the next one.
 //!
@@ -241,8 +241,11 @@ impl Trainer {
             let start = Instant::now();
             let hp = self.hyper(step);
             let outs = node.step(step, hp)?;
+            let s = step + 1;
+            let mirror_now =
+                s.is_multiple_of(u64::from(plan.mirror_every.max(1))) || s == self.config.max_steps;
             let mirrored = Instant::now();
-            let pieces = node.mirror()?;
+            let pieces = mirror_now.then(|| node.mirror()).transpose()?;
             let mirror_seconds = mirrored.elapsed().as_secs_f64();
             let now_sent = node.comm_stats()?.bytes_sent;
             let out = &outs[0];
@@ -257,6 +260,7 @@ impl Trainer {
                 comm_seconds: out.exposed_comm_seconds,
                 samples: out.samples.clone(),
                 bytes_sent: now_sent.saturating_sub(sent),
+                mirrored: mirror_now,
             }))?;
             sent = now_sent;
             let reconfigure = loop {
@@ -279,11 +283,13 @@ impl Trainer {
                     }
                 }
             };
-            *held = Some(Held {
-                world,
-                rank,
-                pieces,
-            });
+            if let Some(pieces) = pieces {
+                *held = Some(Held {
+                    world,
+                    rank,
+                    pieces,
+                });
+            }
             self.state.step = step + 1;
             self.tokens_seen += tokens;
             self.after_commit(&node, link, rank, world)?;
