@@ -149,7 +149,7 @@ fn measure(a: &BenchElasticArgs, model: &str) -> Result<Measured> {
         })?;
         let after = coordinator.status().step;
         let recovered = poll(&coordinator, "a step after the failure", |s| s.step > after)?;
-        poll(&coordinator, "more steps", |s| s.step >= 2 * k + 1)?;
+        poll(&coordinator, "more steps", |s| s.step > 2 * k)?;
         let joined = Instant::now();
         children.push(node(dir, &at, &names[a.nodes])?);
         let world = a.nodes as u32;
