@@ -20,6 +20,9 @@
 
 use std::ops::Range;
 
+/// Pieces a [`Schedule::shift`] sends before it waits for the previous rank's.
+const SHIFT_AHEAD: usize = 4;
+
 /// How a collective combines values from different ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -243,15 +246,22 @@ impl Schedule {
                 })
                 .collect()
         };
-        sched.sends = split(&send)
-            .into_iter()
-            .map(|range| SendStep { range, needs: 0 })
-            .collect();
         sched.recvs = split(&recv)
             .into_iter()
             .map(|range| RecvStep {
                 range,
                 combine: Combine::Copy,
+            })
+            .collect();
+        // Sending runs at most SHIFT_AHEAD pieces ahead of receiving, so the ring
+        // streams instead of every rank pushing its whole block first.
+        let recvs = sched.recvs.len();
+        sched.sends = split(&send)
+            .into_iter()
+            .enumerate()
+            .map(|(p, range)| SendStep {
+                range,
+                needs: p.saturating_sub(SHIFT_AHEAD).min(recvs),
             })
             .collect();
         sched
