@@ -208,9 +208,15 @@ impl ShardState {
     /// and moments over them (at stage 0, where every rank holds everything, its
     /// `shard_range` of each bucket, so the ranks share the writing and mirroring).
     fn export(&self) -> Export {
+        self.export_of(self.rank)
+    }
+
+    /// Rank `rank`'s export, from what this rank holds: any rank's at stage 0,
+    /// where every rank holds everything; only its own otherwise.
+    fn export_of(&self, rank: usize) -> Export {
         let z = &self.zero;
         let shared = read(&self.shared.params);
-        let ranges = export_ranges(&z.buckets, self.world, self.rank);
+        let ranges = export_ranges(&z.buckets, self.world, rank);
         let n: usize = ranges.iter().map(Range::len).sum();
         let mut own = [
             Vec::with_capacity(n),
@@ -245,29 +251,69 @@ impl ShardState {
         )
     }
 
-    /// Sends this rank's export to the next rank and takes the previous rank's.
+    /// Sends this rank's piece to the next rank and takes the previous rank's. Only
+    /// what the previous rank alone holds travels: at stage 3 its parameters and
+    /// moments, at stages 1 and 2 its moments (every rank holds the same whole
+    /// parameters, so those of its ranges are copied here), at stage 0 nothing
+    /// (every rank holds everything).
     async fn mirror(&self) -> Result<Mirror> {
-        let own = self.export().flatten();
+        let own = self.export();
         let prev = (self.rank + self.world - 1) % self.world;
-        let theirs: usize = export_ranges(&self.zero.buckets, self.world, prev)
-            .iter()
-            .map(Range::len)
-            .sum::<usize>()
-            * 3;
-        let (a, b) = (own.len(), if self.world > 1 { theirs } else { 0 });
-        let mut buf = own;
-        buf.resize(a + b, 0.0);
-        let mut buf = self
+        let stage = self.zero.stage;
+        if self.world == 1 {
+            return Ok(Mirror {
+                own: own.flatten(),
+                left: Vec::new(),
+            });
+        }
+        let prev_ranges = export_ranges(&self.zero.buckets, self.world, prev);
+        let n_prev: usize = prev_ranges.iter().map(Range::len).sum();
+        let local_params = |ranges: &[Range<usize>]| {
+            let shared = read(&self.shared.params);
+            let mut out = Vec::with_capacity(n_prev);
+            for r in ranges {
+                out.extend_from_slice(&shared[r.clone()]);
+            }
+            out
+        };
+        if stage == ZeroStage::Replicated {
+            let left = self.export_of(prev).flatten();
+            return Ok(Mirror {
+                own: own.flatten(),
+                left,
+            });
+        }
+        // The moments (and at stage 3 the parameters) go to the next rank.
+        let travels = if stage.shards_parameters() { 3 } else { 2 };
+        let n_own = own.params.len();
+        let mut buf = Vec::with_capacity(travels * (n_own + n_prev));
+        if stage.shards_parameters() {
+            buf.extend_from_slice(&own.params);
+        }
+        buf.extend_from_slice(&own.adam_m);
+        buf.extend_from_slice(&own.adam_v);
+        let a = buf.len();
+        buf.resize(a + travels * n_prev, 0.0);
+        let buf = self
             .run(
                 Op::Shift {
                     send: 0..a,
-                    recv: a..a + b,
+                    recv: a..a + travels * n_prev,
                 },
                 buf,
             )
             .await?;
-        let left = buf.split_off(a);
-        Ok(Mirror { own: buf, left })
+        let left = if stage.shards_parameters() {
+            buf[a..].to_vec()
+        } else {
+            let mut left = local_params(&prev_ranges);
+            left.extend_from_slice(&buf[a..]);
+            left
+        };
+        Ok(Mirror {
+            own: own.flatten(),
+            left,
+        })
     }
 
     fn take_reduced(&mut self, index: usize, result: Reply) {
