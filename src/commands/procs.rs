@@ -6,7 +6,8 @@
 //! DIR` (with `--resume` when resuming). Each rank binds a QUIC endpoint and prints
 //! its address on stdout; rank 0 sends every rank the member list on stdin; then all
 //! form one ring and train, rank 0 writing metrics and checkpoints. A fixed-size
-//! rendezvous: the elastic coordinator is a later issue.
+//! group on one machine; runs across hosts, and elastic ones, go through
+//! `shoal coordinator` and `shoal node`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
