@@ -40,6 +40,10 @@ pub mod names {
     pub const RECOVERIES_TOTAL: &str = "shoal_recoveries_total";
     /// Counter (coordinator): committed training steps.
     pub const STEPS_COMMITTED_TOTAL: &str = "shoal_steps_committed_total";
+    /// Histogram (coordinator): the slowest rank's step, mirroring included.
+    pub const RANK_STEP_SECONDS: &str = "shoal_rank_step_seconds";
+    /// Histogram (coordinator): the slowest rank's mirroring of its piece.
+    pub const MIRROR_SECONDS: &str = "shoal_mirror_seconds";
 }
 
 /// How often the recorder's histograms are drained into their summaries.
@@ -108,13 +112,23 @@ fn describe() {
     describe_histogram!(
         names::COLLECTIVE_SECONDS,
         Unit::Seconds,
-        "Wall time of one collective operation"
+        "Communication of one rank's step not hidden behind compute"
+    );
+    describe_histogram!(
+        names::RANK_STEP_SECONDS,
+        Unit::Seconds,
+        "The slowest rank's step, mirroring included"
+    );
+    describe_histogram!(
+        names::MIRROR_SECONDS,
+        Unit::Seconds,
+        "The slowest rank's mirroring of its piece on its ring neighbour"
     );
     describe_counter!(
         names::MEMBERSHIP_CHANGES_TOTAL,
-        "Joins, drains and losses of cluster members"
+        "Generations formed (joins, drains and losses of cluster members)"
     );
-    describe_counter!(names::RECOVERIES_TOTAL, "Recoveries from a member failure");
+    describe_counter!(names::RECOVERIES_TOTAL, "Generations formed after a member failure");
     describe_counter!(names::STEPS_COMMITTED_TOTAL, "Committed training steps");
 }
 

@@ -28,11 +28,17 @@
 //!
 //! The coordinator records, with the `metrics` macros:
 //!
-//! - histogram `shoal_step_seconds`: wall time of one committed step;
-//! - histogram `shoal_collective_seconds`: wall time of one collective op;
-//! - counter `shoal_bytes_sent_total`: bytes sent over the collective transports;
-//! - counter `shoal_membership_changes_total`: joins, drains and losses;
-//! - counter `shoal_recoveries_total`: new generations formed after a failure;
+//! - histogram `shoal_step_seconds`: wall time of one committed step, as the
+//!   coordinator sees it (coordination included);
+//! - histogram `shoal_rank_step_seconds`: the slowest rank's step, mirroring
+//!   included;
+//! - histogram `shoal_mirror_seconds`: the slowest rank's mirroring of its piece;
+//! - histogram `shoal_collective_seconds`: per rank and step, the communication
+//!   not hidden behind compute;
+//! - counter `shoal_bytes_sent_total`: bytes sent by the ranks' collectives;
+//! - counter `shoal_membership_changes_total`: generations formed (joins,
+//!   drains, losses);
+//! - counter `shoal_recoveries_total`: generations formed after a failure;
 //! - counter `shoal_steps_committed_total`: committed steps.
 //!
 //! Histograms are exported as summaries (quantiles 0, 0.5, 0.9, 0.95, 0.99,
