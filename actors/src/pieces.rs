@@ -7,6 +7,11 @@
 //! model and the stage, so anyone who knows an old generation's world size can put
 //! any old rank's piece back at its place in the full layout ([`place`]), which is
 //! how a new generation of any size rebuilds the state.
+//!
+//! A piece travels and is held *flattened*: first moments, second moments, then
+//! parameters, one range after the other in each. At stages 1 and 2 the moments
+//! are all that travel (every rank holds the whole parameters), and they come
+//! first.
 
 use std::ops::Range;
 
@@ -28,7 +33,7 @@ pub fn export_ranges(buckets: &[Range<usize>], world: usize, rank: usize) -> Vec
 
 /// One rank's export: its ranges and the state over them, one range after the
 /// other.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Export {
     /// The ranges of the layout.
     pub ranges: Vec<Range<usize>>,
@@ -41,23 +46,42 @@ pub struct Export {
 }
 
 impl Export {
-    /// Parameters, then first moments, then second moments, in one buffer.
-    pub fn flatten(self) -> Vec<f32> {
-        let mut out = self.params;
-        out.extend_from_slice(&self.adam_m);
+    /// The flattened piece (first moments, second moments, parameters), with room
+    /// for `extra` more elements.
+    pub fn flatten_with_room(self, extra: usize) -> Vec<f32> {
+        let mut out = self.adam_m;
+        out.reserve(self.adam_v.len() + self.params.len() + extra);
         out.extend_from_slice(&self.adam_v);
+        out.extend_from_slice(&self.params);
         out
+    }
+
+    /// The flattened piece.
+    pub fn flatten(self) -> Vec<f32> {
+        self.flatten_with_room(0)
     }
 }
 
-/// What a mirroring step leaves on a rank: its own flattened export and the one of
-/// the previous rank of the ring (empty on a ring of one).
+/// What a mirroring step leaves on a rank: its own flattened piece and the one of
+/// the previous rank of the ring (empty on a ring of one), in one buffer.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mirror {
-    /// This rank's flattened [`Export`].
-    pub own: Vec<f32>,
-    /// The previous rank's.
-    pub left: Vec<f32>,
+    /// This rank's piece, then the previous rank's.
+    pub buf: Vec<f32>,
+    /// Where the previous rank's piece starts.
+    pub split: usize,
+}
+
+impl Mirror {
+    /// This rank's flattened piece.
+    pub fn own(&self) -> &[f32] {
+        &self.buf[..self.split]
+    }
+
+    /// The previous rank's flattened piece.
+    pub fn left(&self) -> &[f32] {
+        &self.buf[self.split..]
+    }
 }
 
 /// The full-layout training state.
@@ -81,11 +105,12 @@ impl FullState {
         }
     }
 
-    /// The three buffers one after the other (what a ring reduces in one op).
+    /// The three buffers one after the other (what a ring reduces in one op), in
+    /// the order of a flattened piece.
     pub fn into_flat(self) -> Vec<f32> {
-        let mut out = self.params;
-        out.extend_from_slice(&self.adam_m);
+        let mut out = self.adam_m;
         out.extend_from_slice(&self.adam_v);
+        out.extend_from_slice(&self.params);
         out
     }
 
@@ -98,11 +123,11 @@ impl FullState {
             });
         }
         let n = flat.len() / 3;
-        let adam_v = flat.split_off(2 * n);
-        let adam_m = flat.split_off(n);
+        let params = flat.split_off(2 * n);
+        let adam_v = flat.split_off(n);
         Ok(Self {
-            params: flat,
-            adam_m,
+            params,
+            adam_m: flat,
             adam_v,
         })
     }
@@ -131,9 +156,9 @@ impl FullState {
         let mut at = 0;
         for r in ranges {
             let k = r.len();
-            self.params[r.clone()].copy_from_slice(&flat[at..at + k]);
-            self.adam_m[r.clone()].copy_from_slice(&flat[n + at..n + at + k]);
-            self.adam_v[r].copy_from_slice(&flat[2 * n + at..2 * n + at + k]);
+            self.adam_m[r.clone()].copy_from_slice(&flat[at..at + k]);
+            self.adam_v[r.clone()].copy_from_slice(&flat[n + at..n + at + k]);
+            self.params[r].copy_from_slice(&flat[2 * n + at..2 * n + at + k]);
             at += k;
         }
         Ok(())

@@ -257,63 +257,37 @@ impl ShardState {
     /// parameters, so those of its ranges are copied here), at stage 0 nothing
     /// (every rank holds everything).
     async fn mirror(&self) -> Result<Mirror> {
-        let own = self.export();
-        let prev = (self.rank + self.world - 1) % self.world;
         let stage = self.zero.stage;
-        if self.world == 1 {
-            return Ok(Mirror {
-                own: own.flatten(),
-                left: Vec::new(),
-            });
-        }
+        let prev = (self.rank + self.world - 1) % self.world;
         let prev_ranges = export_ranges(&self.zero.buckets, self.world, prev);
         let n_prev: usize = prev_ranges.iter().map(Range::len).sum();
-        let local_params = |ranges: &[Range<usize>]| {
-            let shared = read(&self.shared.params);
-            let mut out = Vec::with_capacity(n_prev);
-            for r in ranges {
-                out.extend_from_slice(&shared[r.clone()]);
-            }
-            out
-        };
-        if stage == ZeroStage::Replicated {
-            let left = self.export_of(prev).flatten();
-            return Ok(Mirror {
-                own: own.flatten(),
-                left,
-            });
+        if self.world == 1 || stage == ZeroStage::Replicated {
+            let left = if self.world == 1 {
+                Export::default()
+            } else {
+                self.export_of(prev)
+            };
+            let mut buf = self.export().flatten_with_room(3 * n_prev);
+            let split = buf.len();
+            buf.extend_from_slice(&left.flatten());
+            return Ok(Mirror { buf, split });
         }
-        // The moments (and at stage 3 the parameters) go to the next rank.
+        // The moments (and at stage 3 the parameters) go to the next rank: they
+        // lead a flattened piece.
         let travels = if stage.shards_parameters() { 3 } else { 2 };
-        let n_own = own.params.len();
-        let mut buf = Vec::with_capacity(travels * (n_own + n_prev));
-        if stage.shards_parameters() {
-            buf.extend_from_slice(&own.params);
+        let mut buf = self.export().flatten_with_room(3 * n_prev);
+        let split = buf.len();
+        let send = 0..travels * (split / 3);
+        buf.resize(split + travels * n_prev, 0.0);
+        let recv = split..buf.len();
+        let mut buf = self.run(Op::Shift { send, recv }, buf).await?;
+        if !stage.shards_parameters() {
+            let shared = read(&self.shared.params);
+            for r in &prev_ranges {
+                buf.extend_from_slice(&shared[r.clone()]);
+            }
         }
-        buf.extend_from_slice(&own.adam_m);
-        buf.extend_from_slice(&own.adam_v);
-        let a = buf.len();
-        buf.resize(a + travels * n_prev, 0.0);
-        let buf = self
-            .run(
-                Op::Shift {
-                    send: 0..a,
-                    recv: a..a + travels * n_prev,
-                },
-                buf,
-            )
-            .await?;
-        let left = if stage.shards_parameters() {
-            buf[a..].to_vec()
-        } else {
-            let mut left = local_params(&prev_ranges);
-            left.extend_from_slice(&buf[a..]);
-            left
-        };
-        Ok(Mirror {
-            own: own.flatten(),
-            left,
-        })
+        Ok(Mirror { buf, split })
     }
 
     fn take_reduced(&mut self, index: usize, result: Reply) {

@@ -46,7 +46,7 @@ fn spec(stage: ZeroStage) -> NodeSpec {
 fn piece(full: &FullState, spec: &NodeSpec, rank: usize) -> Vec<f32> {
     let ranges = export_ranges(&Node::buckets(spec), WORLD, rank);
     let mut out = Vec::new();
-    for buf in [&full.params, &full.adam_m, &full.adam_v] {
+    for buf in [&full.adam_m, &full.adam_v, &full.params] {
         for r in &ranges {
             out.extend_from_slice(&buf[r.clone()]);
         }
@@ -116,17 +116,17 @@ fn every_rank_holds_its_piece_and_the_previous_ranks() {
             assert_eq!(f, full, "{stage:?}: every rank sees the same state");
             let prev = (rank + WORLD - 1) % WORLD;
             assert_eq!(
-                mirror.own,
+                mirror.own(),
                 piece(full, &spec, rank),
                 "{stage:?} rank {rank}: own"
             );
             assert_eq!(
-                mirror.left,
+                mirror.left(),
                 piece(full, &spec, prev),
                 "{stage:?} rank {rank}: left"
             );
             rebuilt
-                .place(&Node::buckets(&spec), WORLD, prev, &mirror.left)
+                .place(&Node::buckets(&spec), WORLD, prev, mirror.left())
                 .unwrap();
         }
         assert_eq!(&rebuilt, full, "{stage:?}: the mirrors rebuild the state");

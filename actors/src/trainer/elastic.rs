@@ -73,8 +73,8 @@ impl Held {
                 "asked for a piece of a world of {world}; this node holds pieces of a world of {}",
                 self.world
             ))),
-            p if p == self.rank => Ok(&self.pieces.own),
-            p if p == prev && self.world > 1 => Ok(&self.pieces.left),
+            p if p == self.rank => Ok(self.pieces.own()),
+            p if p == prev && self.world > 1 => Ok(self.pieces.left()),
             p => Err(TrainError::Protocol(format!(
                 "asked for piece {p}; this node (rank {} of {}) holds {} and {prev}",
                 self.rank, self.world, self.rank
