@@ -142,13 +142,19 @@ fn lost_node_then_new_generation() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    // Every survivor fails promptly with a lost peer. Which peer it blames depends
+    // on which of its links broke first (a survivor that aborted closes its links
+    // too, so under load the other may see that first); at least one names the
+    // victim.
+    let mut blamed = Vec::new();
     for (err, elapsed) in results.into_iter().flatten() {
-        assert!(
-            matches!(err, CollectiveError::PeerLost { rank } if rank == victim),
-            "{err}"
-        );
+        match err {
+            CollectiveError::PeerLost { rank } => blamed.push(rank),
+            other => panic!("{other}"),
+        }
         assert!(elapsed < timeout, "{elapsed:?}");
     }
+    assert!(blamed.contains(&victim), "{blamed:?}");
     // The victim's endpoint goes away; survivors form generation 1.
     drop(quic_nodes.remove(victim));
     let comms = form_ring(&quic_nodes, 1, &cfg).unwrap();
