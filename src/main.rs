@@ -34,6 +34,10 @@ enum Command {
     Export(commands::convert::ExportArgs),
     /// Turn a Hugging Face GPT-2 directory into a shoal checkpoint (step 0, zero moments).
     Import(commands::convert::ImportArgs),
+    /// Corpus preparation: normalize, filter, deduplicate (exact and MinHash LSH, global
+    /// across domains).
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Export(a) => commands::convert::export(a),
         Command::Import(a) => commands::convert::import(a),
+        Command::Data(c) => commands::data::run(c),
         Command::Bench(b) => bench::run(b),
         Command::Cluster(c) => commands::cluster::run(c),
         Command::Node(a) => commands::node::run(a),

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod coordinator;
+pub mod data;
 pub mod demo;
 pub mod generate;
 #[cfg(feature = "cuda")]
