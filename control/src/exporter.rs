@@ -128,7 +128,10 @@ fn describe() {
         names::MEMBERSHIP_CHANGES_TOTAL,
         "Generations formed (joins, drains and losses of cluster members)"
     );
-    describe_counter!(names::RECOVERIES_TOTAL, "Generations formed after a member failure");
+    describe_counter!(
+        names::RECOVERIES_TOTAL,
+        "Generations formed after a member failure"
+    );
     describe_counter!(names::STEPS_COMMITTED_TOTAL, "Committed training steps");
 }
 
