@@ -24,7 +24,7 @@
 //!
 //! - `shoal_generation`, `shoal_world_size`, `shoal_committed_step`;
 //! - `shoal_loss` and `shoal_tokens_per_second`, once known;
-//! - `shoal_members{state="active"|"joining"|"draining"|"lost"}`.
+//! - `shoal_members{state="active"|"joining"|"draining"}`.
 //!
 //! The coordinator records, with the `metrics` macros:
 //!

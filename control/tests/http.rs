@@ -45,7 +45,7 @@ fn metrics_carry_the_snapshot_gauges_and_the_coordinators_metrics() {
         "shoal_committed_step 39",
         "shoal_tokens_per_second 12345.5",
         "shoal_members{state=\"active\"} 2",
-        "shoal_members{state=\"lost\"} 1",
+        "shoal_members{state=\"draining\"} 1",
         "shoal_members{state=\"joining\"} 0",
     ] {
         assert!(
@@ -132,7 +132,7 @@ fn scale_of_an_unknown_node_is_404_and_a_refusal_409() {
     );
     let refused = scale(addr, Some(TOKEN), r#"{"drain": "node-charlie"}"#);
     assert_eq!(refused.status, 409);
-    assert_eq!(refused.json()["error"], "node-charlie is already lost");
+    assert_eq!(refused.json()["error"], "node-charlie is already draining");
     assert!(cluster.drained.lock().unwrap().is_empty());
     plane.stop();
 }

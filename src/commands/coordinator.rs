@@ -14,7 +14,7 @@ use clap::Args;
 use shoal_actors::TrainConfig;
 use shoal_actors::coordinator::{Coordinator, CoordinatorSpec, DrainRefused, Drainer, Status};
 use shoal_collectives::tls::NodeIdentity;
-use shoal_control::{Cluster, ClusterStatus, ControlPlane, DrainError, Event, Member};
+use shoal_control::{Cluster, ClusterStatus, ControlPlane, DrainError};
 
 /// The file of the cluster token in a cluster directory.
 pub const TOKEN_FILE: &str = "token";
@@ -99,49 +99,12 @@ struct View {
     drainer: Drainer,
 }
 
-fn convert(s: Status) -> ClusterStatus {
-    ClusterStatus {
-        run: s.run,
-        generation: s.generation,
-        world: s.world,
-        step: s.step,
-        max_steps: s.max_steps,
-        loss: s.loss,
-        tokens_per_s: s.tokens_per_s,
-        members: s
-            .members
-            .into_iter()
-            .map(|m| Member {
-                name: m.name,
-                rank: m.rank,
-                addr: m.addr,
-                state: m.state,
-                since_heartbeat_ms: m.since_heartbeat_ms,
-            })
-            .collect(),
-        losses: s.losses,
-        events: s
-            .events
-            .into_iter()
-            .map(|e| Event {
-                seconds: e.seconds,
-                step: e.step,
-                kind: e.kind,
-                detail: e.detail,
-            })
-            .collect(),
-        finished: s.finished,
-    }
-}
-
 impl Cluster for View {
     fn status(&self) -> ClusterStatus {
-        convert(
-            self.status
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn drain(&self, node: &str) -> std::result::Result<String, DrainError> {

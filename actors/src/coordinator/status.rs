@@ -30,6 +30,11 @@ pub struct MemberStatus {
     pub since_heartbeat_ms: u64,
 }
 
+impl MemberStatus {
+    /// Every value of [`MemberStatus::state`].
+    pub const STATES: [&'static str; 3] = ["active", "joining", "draining"];
+}
+
 /// Something that happened to the cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Event {

@@ -52,7 +52,7 @@ impl FakeCluster {
                 members: vec![
                     member("node-alpha", Some(0), "active", 120),
                     member("node-bravo", Some(1), "active", 340),
-                    member("node-charlie", None, "lost", 9_000),
+                    member("node-charlie", None, "draining", 9_000),
                 ],
                 losses,
                 events: vec![
@@ -78,7 +78,7 @@ impl Cluster for FakeCluster {
                 self.drained.lock().unwrap().push(node.to_owned());
                 Ok(format!("{node} leaves at the next step boundary"))
             }
-            "node-charlie" => Err(DrainError::Refused(format!("{node} is already lost"))),
+            "node-charlie" => Err(DrainError::Refused(format!("{node} is already draining"))),
             other => Err(DrainError::Unknown(other.to_owned())),
         }
     }
