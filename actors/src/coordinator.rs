@@ -32,27 +32,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ractor::concurrency::oneshot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
-use shoal_collectives::QuicOptions;
 use shoal_collectives::membership::{
-    MembershipError, MembershipServer, NodeLink, Plan, Restore, ServerEvent, StepReport,
-    ToCoordinator, ToNode,
+    NodeLink, Plan, Restore, ServerEvent, StepReport, ToCoordinator, ToNode,
 };
 use shoal_collectives::tls::NodeIdentity;
 
 use crate::checkpoint::{CheckpointStore, load_checkpoint};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::metrics::{EvalStats, MetricsWriter, StepStats};
+use crate::metrics::{EvalStats, MetricsWriter};
 
+mod commit;
+mod handle;
 pub mod plan;
 mod status;
 
+pub use handle::{Coordinator, Drainer};
 use status::Recorder;
 pub use status::{Event, MemberStatus, Status};
 
@@ -192,19 +190,6 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> TrainError {
 fn same_token(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A line of `commits.jsonl`.
-#[derive(Serialize)]
-struct CommitLine<'a> {
-    step: u64,
-    generation: u64,
-    world: usize,
-    samples: &'a [u64],
-    /// The slowest rank's step, mirroring included.
-    rank_seconds: f64,
-    /// The slowest rank's mirroring.
-    mirror_seconds: f64,
 }
 
 /// The step of the newest checkpoint of `store` that loads (a damaged one is
@@ -546,128 +531,6 @@ impl CoordinatorState {
         }
     }
 
-    fn done(&mut self, name: &str, report: StepReport) {
-        let committed = self.committed;
-        let Some(r) = self.running.as_mut() else {
-            return;
-        };
-        let Some(rank) = r.ranks.iter().position(|n| n == name) else {
-            return;
-        };
-        if report.generation != r.generation || report.step != committed + 1 {
-            return;
-        }
-        r.reports[rank] = Some(report);
-        if r.reports.iter().any(Option::is_none) {
-            return;
-        }
-        let reports: Vec<StepReport> = r.reports.iter_mut().filter_map(Option::take).collect();
-        let wall = r.since.elapsed().as_secs_f64();
-        r.since = Instant::now();
-        let (generation, world) = (r.generation, r.ranks.len());
-        let ranks = r.ranks.clone();
-        let step = committed + 1;
-        self.committed = step;
-        let mirrored = reports.iter().all(|r| r.mirrored);
-        if mirrored {
-            self.mirrored = step;
-            self.pieces = Some(
-                ranks
-                    .iter()
-                    .map(|n| (n.clone(), self.nodes.get(n).map_or(0, |k| k.conn)))
-                    .collect(),
-            );
-        }
-        let first = &reports[0];
-        let stats = StepStats {
-            step,
-            loss: first.loss,
-            lr: first.lr,
-            grad_norm: first.grad_norm,
-            tokens: self.tokens_per_step,
-            seconds: wall,
-        };
-        let mut samples: Vec<u64> = reports.iter().flat_map(|r| r.samples.clone()).collect();
-        samples.sort_unstable();
-        self.log_commit(&stats, generation, world, &samples, &reports);
-        let done = step >= self.max_steps;
-        // Membership changes wait for a step whose pieces were mirrored.
-        let reconfigure =
-            !done && mirrored && (!self.joining.is_empty() || !self.draining.is_empty());
-        let leaving = plan::can_leave(&ranks, &self.draining);
-        let reconfigure = reconfigure && (!self.joining.is_empty() || !leaving.is_empty());
-        for n in &ranks {
-            self.send(n, ToNode::Commit { step, reconfigure });
-        }
-        if done {
-            self.finish();
-        } else if reconfigure {
-            self.form();
-        } else {
-            self.publish();
-        }
-    }
-
-    fn log_commit(
-        &mut self,
-        stats: &StepStats,
-        generation: u64,
-        world: usize,
-        samples: &[u64],
-        reports: &[StepReport],
-    ) {
-        if let Err(e) = self.metrics.log_step(stats) {
-            tracing::warn!(error = %e, "cannot write metrics");
-        }
-        let slowest = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
-        let mirror = reports.iter().map(|r| r.mirror_seconds).fold(0.0, f64::max);
-        let line = CommitLine {
-            step: stats.step,
-            generation,
-            world,
-            samples,
-            rank_seconds: slowest,
-            mirror_seconds: mirror,
-        };
-        if let Err(e) = self.commits.write_line(&line) {
-            tracing::warn!(error = %e, "cannot write commits.jsonl");
-        }
-        metrics::histogram!("shoal_step_seconds").record(stats.seconds);
-        metrics::histogram!("shoal_rank_step_seconds").record(slowest);
-        metrics::histogram!("shoal_mirror_seconds").record(mirror);
-        for r in reports {
-            metrics::histogram!("shoal_collective_seconds").record(r.comm_seconds);
-            metrics::counter!("shoal_bytes_sent_total").increment(r.bytes_sent);
-        }
-        metrics::counter!("shoal_steps_committed_total").increment(1);
-        metrics::gauge!("shoal_loss").set(f64::from(stats.loss));
-        metrics::gauge!("shoal_tokens_per_second").set(stats.tokens_per_s());
-        metrics::gauge!("shoal_committed_step").set(stats.step as f64);
-        self.recorder.step(stats);
-        tracing::info!(
-            step = stats.step,
-            loss = stats.loss,
-            world,
-            generation,
-            "committed"
-        );
-    }
-
-    /// The last step is committed: every node stops once rank 0 wrote the final
-    /// checkpoint.
-    fn finish(&mut self) {
-        self.finished = true;
-        let everyone: Vec<String> = self.nodes.keys().cloned().collect();
-        for n in &everyone {
-            self.send(n, ToNode::Stop);
-        }
-        self.recorder
-            .event(self.committed, "finished", "the run is over".into());
-        // Wait for rank 0's final checkpoint (or the nodes to leave), at most a while.
-        self.stop_by = Some(Instant::now() + Duration::from_secs(600));
-        self.publish();
-    }
-
     fn tick(&mut self) {
         let now = Instant::now();
         let lost: Vec<String> = self
@@ -849,160 +712,5 @@ impl Actor for CoordinatorActor {
             myself.stop(None);
         }
         Ok(())
-    }
-}
-
-/// A running coordinator: the actor, its membership endpoint and the runtime
-/// they run on.
-pub struct Coordinator {
-    runtime: tokio::runtime::Runtime,
-    actor: ActorRef<CoordinatorMsg>,
-    server: Option<MembershipServer>,
-    addr: SocketAddr,
-    status: Arc<Mutex<Status>>,
-    done: Option<ractor::concurrency::OneshotReceiver<Result<u64>>>,
-}
-
-impl Coordinator {
-    /// Starts the coordinator of `spec` and listens for nodes.
-    pub fn start(spec: CoordinatorSpec) -> Result<Self> {
-        spec.config.validate()?;
-        if spec.min_nodes == 0 || spec.max_nodes < spec.min_nodes {
-            return Err(TrainError::InvalidConfig {
-                field: "nodes",
-                reason: format!(
-                    "min {} and max {} nodes (1 ≤ min ≤ max)",
-                    spec.min_nodes, spec.max_nodes
-                ),
-            });
-        }
-        let store = CheckpointStore::new(&spec.config.out_dir, spec.config.keep_checkpoints);
-        let committed = if spec.resume {
-            newest_checkpoint(&store)?
-        } else if !store.list()?.is_empty() {
-            return Err(TrainError::CheckpointsExist {
-                path: store.root().to_path_buf(),
-            });
-        } else {
-            0
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("shoal-coordinator")
-            .enable_all()
-            .build()
-            .map_err(|e| TrainError::io("tokio runtime", e))?;
-        let status = Arc::new(Mutex::new(Status {
-            run: spec.config.out_dir.display().to_string(),
-            max_steps: spec.config.max_steps,
-            step: committed,
-            ..Status::default()
-        }));
-        let (done_tx, done) = oneshot();
-        let out = &spec.config.out_dir;
-        std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
-        let recorder = Recorder::new(status.clone(), &out.join("elastic.jsonl"), committed)?;
-        let args = CoordinatorArgs {
-            spec_token: spec.token,
-            first: spec.first,
-            mirror_every: spec.mirror_every,
-            min_nodes: spec.min_nodes,
-            max_nodes: spec.max_nodes,
-            heartbeat_timeout: spec.heartbeat_timeout,
-            config: spec.config,
-            committed,
-            recorder,
-            done: done_tx,
-        };
-        let (actor, _) = runtime
-            .block_on(Actor::spawn(None, CoordinatorActor, args))
-            .map_err(|e| TrainError::Actor {
-                actor: "Coordinator",
-                reason: e.to_string(),
-            })?;
-        let to_actor = actor.clone();
-        let server = MembershipServer::bind(
-            spec.listen,
-            &spec.identity,
-            &QuicOptions::default(),
-            move |e| {
-                let _ = to_actor.cast(CoordinatorMsg::Net(e));
-            },
-        )
-        .map_err(MembershipError::from)?;
-        let addr = server.local_addr().map_err(MembershipError::from)?;
-        Ok(Self {
-            runtime,
-            actor,
-            server: Some(server),
-            addr,
-            status,
-            done: Some(done),
-        })
-    }
-
-    /// Where nodes dial.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// A snapshot of the cluster.
-    pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A shared view of the cluster's status, kept up to date by the coordinator.
-    pub fn status_handle(&self) -> Arc<Mutex<Status>> {
-        self.status.clone()
-    }
-
-    /// A handle that drains nodes from another thread.
-    pub fn drainer(&self) -> Drainer {
-        Drainer {
-            actor: self.actor.clone(),
-            runtime: self.runtime.handle().clone(),
-        }
-    }
-
-    /// Waits until the run is over; the last committed step.
-    pub fn wait(mut self) -> Result<u64> {
-        let done = self.done.take().ok_or_else(|| TrainError::Actor {
-            actor: "Coordinator",
-            reason: "already waited".into(),
-        })?;
-        self.runtime.block_on(done).map_err(|e| TrainError::Actor {
-            actor: "Coordinator",
-            reason: e.to_string(),
-        })?
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.actor.stop(None);
-        self.server.take();
-    }
-}
-
-/// Drains nodes of a running coordinator (cloneable, usable from any thread but
-/// the coordinator's own runtime).
-#[derive(Clone)]
-pub struct Drainer {
-    actor: ActorRef<CoordinatorMsg>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Drainer {
-    /// Drains `node`: it leaves at the next step boundary.
-    pub fn drain(&self, node: &str) -> std::result::Result<String, DrainRefused> {
-        let (tx, rx) = oneshot();
-        let gone = || DrainRefused::Refused("the coordinator stopped".into());
-        self.actor
-            .cast(CoordinatorMsg::Drain(node.into(), tx.into()))
-            .map_err(|_| gone())?;
-        self.runtime.block_on(rx).map_err(|_| gone())?
     }
 }

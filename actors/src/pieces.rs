@@ -5,7 +5,7 @@
 //! [`shard_range`] of every gradient bucket ([`export_ranges`]), with the
 //! parameters and both AdamW moments over them. The buckets depend only on the
 //! model and the stage, so anyone who knows an old generation's world size can put
-//! any old rank's piece back at its place in the full layout ([`place`]), which is
+//! any old rank's piece back at its place in the full layout ([`FullState::place`]), which is
 //! how a new generation of any size rebuilds the state.
 //!
 //! A piece travels and is held *flattened*: first moments, second moments, then
