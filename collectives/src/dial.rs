@@ -1,7 +1,7 @@
 //! Dialing a peer with the cluster's TLS: the client side of every control
 //! connection (a node to its coordinator, [`crate::membership`]).
 //!
-//! [`connect`] retries while the peer does not answer (it may not be up yet) and
+//! Dialing retries while the peer does not answer (it may not be up yet) and
 //! stops at once on a failed TLS handshake, which means that the two ends hold
 //! certificates of different cluster CAs and no retry will help.
 
