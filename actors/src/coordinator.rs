@@ -131,14 +131,19 @@ struct Running {
     failed_at: Option<Instant>,
 }
 
-/// The coordinator's state.
-pub struct CoordinatorState {
-    spec_token: String,
+/// The membership rules of a run, from its [`CoordinatorSpec`].
+pub(crate) struct Rules {
+    token: String,
     first: Option<String>,
     mirror_every: u32,
     min_nodes: usize,
     max_nodes: usize,
     heartbeat_timeout: Duration,
+}
+
+/// The coordinator's state.
+pub struct CoordinatorState {
+    rules: Rules,
     max_steps: u64,
     tokens_per_step: u64,
     config_toml: String,
@@ -170,12 +175,7 @@ pub struct CoordinatorActor;
 
 /// What [`CoordinatorActor`] starts from.
 pub struct CoordinatorArgs {
-    spec_token: String,
-    first: Option<String>,
-    mirror_every: u32,
-    min_nodes: usize,
-    max_nodes: usize,
-    heartbeat_timeout: Duration,
+    rules: Rules,
     config: TrainConfig,
     committed: u64,
     recorder: Recorder,
@@ -209,6 +209,16 @@ impl CoordinatorState {
         }
     }
 
+    /// Nodes a generation needs: `min_nodes` gate the start; a running cluster
+    /// goes on with any survivor.
+    fn needed(&self) -> usize {
+        if self.generation == 0 {
+            self.rules.min_nodes.max(1)
+        } else {
+            1
+        }
+    }
+
     fn alive(&self) -> HashSet<String> {
         self.nodes.keys().cloned().collect()
     }
@@ -235,6 +245,7 @@ impl CoordinatorState {
         let mut next =
             plan::next_generation(&members, pieces.as_deref(), &alive, &leaving, &joining);
         if let Some(i) = self
+            .rules
             .first
             .as_ref()
             .and_then(|f| next.ranks.iter().position(|n| n == f))
@@ -252,12 +263,7 @@ impl CoordinatorState {
             self.recorder
                 .event(self.committed, "drain", format!("node `{name}` left"));
         }
-        // `min_nodes` gates the start; a running cluster goes on with any survivor.
-        let needed = if self.generation == 0 {
-            self.min_nodes.max(1)
-        } else {
-            1
-        };
+        let needed = self.needed();
         if next.ranks.len() < needed {
             // Not enough nodes: wait for more (the members wait for a generation).
             self.joining = next.ranks;
@@ -303,7 +309,7 @@ impl CoordinatorState {
                     members: addrs.clone(),
                     step: self.committed,
                     restore,
-                    mirror_every: self.mirror_every,
+                    mirror_every: self.rules.mirror_every,
                 }),
             );
         }
@@ -425,7 +431,7 @@ impl CoordinatorState {
             tracing::warn!(node = %hello.node, %why, "refused a node");
             link.send(ToNode::Refused(why));
         };
-        if !same_token(&hello.token, &self.spec_token) {
+        if !same_token(&hello.token, &self.rules.token) {
             return refuse("wrong cluster token".into());
         }
         if self.nodes.contains_key(&hello.node) {
@@ -434,8 +440,8 @@ impl CoordinatorState {
                 hello.node
             ));
         }
-        if self.nodes.len() >= self.max_nodes {
-            return refuse(format!("the run has its {} nodes", self.max_nodes));
+        if self.nodes.len() >= self.rules.max_nodes {
+            return refuse(format!("the run has its {} nodes", self.rules.max_nodes));
         }
         if self.finished {
             return refuse("the run is over".into());
@@ -459,11 +465,7 @@ impl CoordinatorState {
             },
         );
         self.joining.push(hello.node);
-        let needed = if self.generation == 0 {
-            self.min_nodes.max(1)
-        } else {
-            1
-        };
+        let needed = self.needed();
         if self.running.is_none() && self.joining.len() >= needed {
             self.form();
         } else {
@@ -536,16 +538,16 @@ impl CoordinatorState {
         let lost: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, k)| now.duration_since(k.last_seen) > self.heartbeat_timeout)
+            .filter(|(_, k)| now.duration_since(k.last_seen) > self.rules.heartbeat_timeout)
             .map(|(n, _)| n.clone())
             .collect();
         if !lost.is_empty() {
-            let why = format!("no heartbeat for {:?}", self.heartbeat_timeout);
+            let why = format!("no heartbeat for {:?}", self.rules.heartbeat_timeout);
             self.lose(&lost, &why);
         }
         let retry = self.running.as_ref().is_some_and(|r| {
             r.failed_at
-                .is_some_and(|t| now.duration_since(t) > 2 * self.heartbeat_timeout)
+                .is_some_and(|t| now.duration_since(t) > 2 * self.rules.heartbeat_timeout)
         });
         if retry && !self.finished {
             self.recorder.event(
@@ -649,12 +651,7 @@ impl Actor for CoordinatorActor {
         let commits = MetricsWriter::open(&out.join("commits.jsonl"), a.committed)?;
         myself.send_interval(TICK, || CoordinatorMsg::Tick);
         Ok(CoordinatorState {
-            spec_token: a.spec_token,
-            first: a.first,
-            mirror_every: a.mirror_every.max(1),
-            min_nodes: a.min_nodes,
-            max_nodes: a.max_nodes,
-            heartbeat_timeout: a.heartbeat_timeout,
+            rules: a.rules,
             max_steps: a.config.max_steps,
             tokens_per_step: a.config.tokens_per_step(),
             config_toml: a.config.to_toml_string(),

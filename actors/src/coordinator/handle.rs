@@ -11,8 +11,8 @@ use shoal_collectives::membership::{MembershipError, MembershipServer};
 
 use super::status::Recorder;
 use super::{
-    CoordinatorActor, CoordinatorArgs, CoordinatorMsg, CoordinatorSpec, DrainRefused, Status,
-    io_error, newest_checkpoint,
+    CoordinatorActor, CoordinatorArgs, CoordinatorMsg, CoordinatorSpec, DrainRefused, Rules,
+    Status, io_error, newest_checkpoint,
 };
 use crate::checkpoint::CheckpointStore;
 use crate::error::{Result, TrainError};
@@ -68,12 +68,14 @@ impl Coordinator {
         std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
         let recorder = Recorder::new(status.clone(), &out.join("elastic.jsonl"), committed)?;
         let args = CoordinatorArgs {
-            spec_token: spec.token,
-            first: spec.first,
-            mirror_every: spec.mirror_every,
-            min_nodes: spec.min_nodes,
-            max_nodes: spec.max_nodes,
-            heartbeat_timeout: spec.heartbeat_timeout,
+            rules: Rules {
+                token: spec.token,
+                first: spec.first,
+                mirror_every: spec.mirror_every.max(1),
+                min_nodes: spec.min_nodes,
+                max_nodes: spec.max_nodes,
+                heartbeat_timeout: spec.heartbeat_timeout,
+            },
             config: spec.config,
             committed,
             recorder,
