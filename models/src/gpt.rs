@@ -88,6 +88,8 @@ pub struct Activations {
     logits: Vec<f32>,   // [N, V]; overwritten by dlogits in backward
     lse: Vec<f32>,      // [N]
     losses: Vec<f32>,   // [N]
+    /// Per-sequence weights of the loss backward differentiates (`[B]`); empty means all 1.
+    seq_weights: Vec<f32>,
     scratch: GradScratch,
     /// Whether `logits` holds logits of a forward pass with targets (not yet consumed).
     ready_for_backward: bool,
@@ -140,6 +142,7 @@ impl Activations {
             logits: z(n * config.vocab_size),
             lse: z(n),
             losses: z(n),
+            seq_weights: Vec::new(),
             scratch: GradScratch {
                 dresidual: z(n * c),
                 dln: z(n * c),
@@ -171,6 +174,27 @@ impl Activations {
     /// Per-position cross-entropy `[B, T]` of the last forward pass with targets.
     pub fn losses(&self) -> &[f32] {
         &self.losses
+    }
+
+    /// Weights the loss that backward differentiates per sequence: the gradient becomes that of
+    /// `mean over positions of weights[b] · loss[b, t]` (Group DRO's domain weighting). The
+    /// reported mean loss is unweighted. `None` (the default) weighs every sequence 1.
+    pub fn set_sequence_weights(&mut self, weights: Option<&[f32]>) -> Result<(), ModelError> {
+        match weights {
+            None => self.seq_weights.clear(),
+            Some(w) if w.len() == self.b && w.iter().all(|x| x.is_finite()) => {
+                self.seq_weights.clear();
+                self.seq_weights.extend_from_slice(w);
+            }
+            Some(w) => {
+                return Err(ModelError::InvalidConfig(format!(
+                    "{} sequence weights for a batch of {} (each must be finite)",
+                    w.len(),
+                    self.b
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Bytes held by these activations (for memory accounting).
@@ -508,6 +532,7 @@ impl Gpt {
             lnf_rstd,
             logits,
             lse,
+            seq_weights,
             scratch: s,
             ..
         } = acts;
@@ -515,7 +540,22 @@ impl Gpt {
             buf.fill(0.0);
         }
 
-        crossentropy_backward_inplace(logits, lse, targets, loss_scale / n as f32, n, v);
+        let dloss = loss_scale / n as f32;
+        if seq_weights.is_empty() {
+            crossentropy_backward_inplace(logits, lse, targets, dloss, n, v);
+        } else {
+            for (i, &w) in seq_weights.iter().enumerate() {
+                let rows = i * t..(i + 1) * t;
+                crossentropy_backward_inplace(
+                    &mut logits[rows.start * v..rows.end * v],
+                    &lse[rows.clone()],
+                    &targets[rows],
+                    dloss * w,
+                    t,
+                    v,
+                );
+            }
+        }
         let dlogits: &[f32] = logits;
         src.fetch(Part::Embeddings, Some(Part::Final))?;
         let (ebase, fbase) = (self.wte.start, self.lnf_w.start);

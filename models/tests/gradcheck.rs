@@ -128,3 +128,36 @@ fn backward_hook_reports_final_ranges_in_reverse_order() {
     }
     assert_eq!(end, 0);
 }
+
+#[test]
+fn sequence_weights_weigh_each_sequence_of_the_loss() {
+    let gpt = Gpt::new(GptConfig::preset("tiny").unwrap()).unwrap();
+    let params = gpt.init_params(3);
+    let t = 16;
+    let tokens: Vec<u32> = (0..2 * t).map(|i| (i * 7 % 50) as u32).collect();
+    let targets: Vec<u32> = (0..2 * t).map(|i| (i * 11 % 50) as u32).collect();
+    let grad = |b: usize, weights: Option<&[f32]>| {
+        let mut acts = Activations::new(&gpt.config, b, t).unwrap();
+        acts.set_sequence_weights(weights).unwrap();
+        gpt.forward(&params, &mut acts, &tokens[..b * t], Some(&targets[..b * t]))
+            .unwrap();
+        let mut g = vec![0.0f32; gpt.num_params()];
+        gpt.backward(&params, &mut acts, &mut g, 1.0).unwrap();
+        g
+    };
+    let close = |a: &[f32], b: &[f32]| {
+        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+        assert!(err <= 1e-5 * scale.max(1.0), "max difference {err:e}");
+    };
+    // Weight 2 on the first of two sequences and 0 on the second is the first alone.
+    close(&grad(2, Some(&[2.0, 0.0])), &grad(1, None));
+    // All ones is no weighting; weights act linearly.
+    close(&grad(2, Some(&[1.0, 1.0])), &grad(2, None));
+    let (a, b) = (grad(2, Some(&[1.0, 0.0])), grad(2, Some(&[0.0, 1.0])));
+    let mix: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 0.3 * x + 1.7 * y).collect();
+    close(&grad(2, Some(&[0.3, 1.7])), &mix);
+    let mut acts = Activations::new(&gpt.config, 2, t).unwrap();
+    assert!(acts.set_sequence_weights(Some(&[1.0])).is_err());
+    assert!(acts.set_sequence_weights(Some(&[1.0, f32::NAN])).is_err());
+}
