@@ -75,6 +75,7 @@ impl Actor for Coach {
             weight_decay: 0.1,
             grad_clip: 1.0,
             grad_accum: 1,
+            moment_steps: 0,
         };
         // Every rank takes the step at once; each answers with its outcome.
         let mut replies = Vec::new();

@@ -38,6 +38,12 @@ enum Command {
     /// across domains).
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// DoReMi domain weights (reference + Group DRO proxy), and their evaluation.
+    #[command(subcommand)]
+    Doremi(commands::doremi::DoremiCommand),
+    /// Experiments that reproduce published findings at a small scale.
+    #[command(subcommand)]
+    Experiment(commands::experiment::ExperimentCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -81,6 +87,8 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::convert::export(a),
         Command::Import(a) => commands::convert::import(a),
         Command::Data(c) => commands::data::run(c),
+        Command::Doremi(c) => commands::doremi::run(c),
+        Command::Experiment(c) => commands::experiment::run(c),
         Command::Bench(b) => bench::run(b),
         Command::Cluster(c) => commands::cluster::run(c),
         Command::Node(a) => commands::node::run(a),

@@ -1,5 +1,9 @@
 //! The loss curve: training loss, per-domain validation loss and the domains' entropy
-//! floors (dashed), drawn from `metrics.jsonl` into an SVG file.
+//! floors (dashed), drawn from `metrics.jsonl` into an SVG file. A continual run with
+//! old (upstream) data draws the old domains thin and dashed, and the mean validation
+//! loss of the new (downstream) and of the old domains as two thick curves.
+//!
+//! [`plot_panels`] draws several runs side by side (as `shoal experiment rewarm` does).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +23,21 @@ const PALETTE: [RGBColor; 6] = [
 ];
 
 /// Points of one curve.
-type Series = Vec<(f64, f64)>;
+pub type Series = Vec<(f64, f64)>;
+
+/// The mean validation curves of a run with old (upstream) data.
+#[derive(Default)]
+struct Means {
+    downstream: Series,
+    upstream: Series,
+    /// The old data's domains.
+    names: std::collections::BTreeSet<String>,
+}
+
+/// Colour of the new (downstream) data's mean curve.
+pub const DOWNSTREAM: RGBColor = RGBColor(31, 119, 180);
+/// Colour of the old (upstream) data's mean curve.
+pub const UPSTREAM: RGBColor = RGBColor(214, 39, 40);
 
 /// Reads `metrics` and writes the plot to `out`.
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
@@ -27,10 +45,16 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let mut train: Series = Vec::new();
     let mut evals: BTreeMap<String, Series> = BTreeMap::new();
     let mut floors: BTreeMap<String, f64> = BTreeMap::new();
+    let mut means = Means::default();
     for r in &records {
         match r {
             MetricsRecord::Step(s) => train.push((s.step as f64, f64::from(s.loss))),
-            MetricsRecord::Eval { step, eval, floor } => {
+            MetricsRecord::Eval {
+                step,
+                eval,
+                floor,
+                upstream,
+            } => {
                 for (name, loss) in eval {
                     evals
                         .entry(name.clone())
@@ -38,11 +62,18 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
                         .push((*step as f64, *loss));
                 }
                 floors.extend(floor.iter().map(|(k, v)| (k.clone(), *v)));
+                if !upstream.is_empty() {
+                    let (down, up) = shoal_actors::split_means(eval, upstream);
+                    let x = *step as f64;
+                    means.downstream.extend(down.map(|y| (x, y)));
+                    means.upstream.extend(up.map(|y| (x, y)));
+                    means.names.extend(upstream.iter().cloned());
+                }
             }
             MetricsRecord::Memory { .. } => {}
         }
     }
-    draw(&train, &evals, &floors, out)
+    draw(&train, &evals, &floors, &means, out)
         .with_context(|| format!("cannot draw the loss curve into {}", out.display()))
 }
 
@@ -63,6 +94,7 @@ fn draw(
     train: &Series,
     evals: &BTreeMap<String, Series>,
     floors: &BTreeMap<String, f64>,
+    means: &Means,
     out: &Path,
 ) -> Result<()> {
     let all_y = train
@@ -108,6 +140,20 @@ fn draw(
     }
     for (i, (name, points)) in evals.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        if means.names.contains(name) {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    points.iter().copied(),
+                    4,
+                    3,
+                    color.mix(0.7).stroke_width(1),
+                ))?
+                .label(format!("val {name} (old data)"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 6, y), (x + 12, y)], color.mix(0.7))
+                });
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
@@ -131,12 +177,124 @@ fn draw(
                 });
         }
     }
+    for (label, points, color) in [
+        (
+            "mean val, new data (downstream)",
+            &means.downstream,
+            DOWNSTREAM,
+        ),
+        ("mean val, old data (upstream)", &means.upstream, UPSTREAM),
+    ] {
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(4),
+            ))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(4))
+            });
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel of [`plot_panels`]: a title and its curves (label, points, colour).
+pub struct Panel {
+    /// Shown above the panel.
+    pub title: String,
+    /// The curves.
+    pub curves: Vec<(String, Series, RGBColor)>,
+}
+
+/// Draws `panels` in a grid of `columns`, all on the same axes (x: `x_desc`, y: loss),
+/// into the SVG file `out`.
+pub fn plot_panels(
+    panels: &[Panel],
+    columns: usize,
+    x_desc: &str,
+    caption: &str,
+    out: &Path,
+) -> Result<()> {
+    draw_panels(panels, columns.max(1), x_desc, caption, out)
+        .with_context(|| format!("cannot draw the panels into {}", out.display()))
+}
+
+fn draw_panels(
+    panels: &[Panel],
+    columns: usize,
+    x_desc: &str,
+    caption: &str,
+    out: &Path,
+) -> Result<()> {
+    let points = || panels.iter().flat_map(|p| &p.curves).flat_map(|c| &c.1);
+    let (lo, hi) = points()
+        .map(|p| p.1)
+        .filter(|y| y.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+            (lo.min(y), hi.max(y))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let (min_x, max_x) = points()
+        .map(|p| p.0)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let (min_x, max_x) = if min_x < max_x {
+        (min_x, max_x)
+    } else {
+        (0.0, 1.0)
+    };
+    let rows = panels.len().div_ceil(columns).max(1);
+    let root =
+        SVGBackend::new(out, (420 * columns as u32, 60 + 320 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(caption, ("sans-serif", 22))?;
+    let areas = root.split_evenly((rows, columns));
+    for (panel, area) in panels.iter().zip(&areas) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(min_x..max_x, (lo - pad).max(0.0)..hi + pad)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (label, series, color) in &panel.curves {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(
+                    series.iter().copied(),
+                    color.stroke_width(2),
+                ))?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 11))
+            .draw()?;
+    }
     root.present()?;
     Ok(())
 }
@@ -163,5 +321,44 @@ mod tests {
         plot_metrics(&metrics, &out).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("val copy") && svg.contains("floor noise"));
+        assert!(!svg.contains("upstream"));
+    }
+
+    #[test]
+    fn draws_upstream_and_downstream_means() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        let mut text = String::new();
+        for s in [0, 10, 20] {
+            text += &format!(
+                "{{\"step\":{s},\"eval\":{{\"zh\":{},\"en\":{}}},\"upstream\":[\"en\"]}}\n",
+                5.0 - 0.1 * s as f64,
+                2.0 + 0.05 * s as f64
+            );
+        }
+        std::fs::write(&metrics, text).unwrap();
+        let out = dir.path().join("loss.svg");
+        plot_metrics(&metrics, &out).unwrap();
+        let svg = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            svg.contains("val en (old data)") && svg.contains("(upstream)"),
+            "{svg}"
+        );
+        assert!(svg.contains("(downstream)"));
+
+        let panels = [
+            Panel {
+                title: "a".into(),
+                curves: vec![("down".into(), vec![(0.0, 3.0), (1.0, 2.0)], DOWNSTREAM)],
+            },
+            Panel {
+                title: "b".into(),
+                curves: vec![("up".into(), vec![(0.0, 1.0), (1.0, 1.5)], UPSTREAM)],
+            },
+        ];
+        let grid = dir.path().join("grid.svg");
+        plot_panels(&panels, 2, "step", "two panels", &grid).unwrap();
+        let svg = std::fs::read_to_string(&grid).unwrap();
+        assert!(svg.contains("two panels") && svg.contains("down") && svg.contains("up"));
     }
 }

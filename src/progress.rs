@@ -1,5 +1,7 @@
 //! Terminal output of a training run: an indicatif bar (step, loss, tokens/s, LR) and one
-//! table row per evaluation: each domain's validation loss, under a header with its floor.
+//! table row per evaluation: each domain's validation loss, under a header with its floor,
+//! and for a continual run with old data the mean of the new (downstream) and of the old
+//! (upstream) domains side by side.
 
 use std::path::Path;
 
@@ -55,6 +57,9 @@ fn column_width(name: &str) -> usize {
     name.len().max(8)
 }
 
+/// Headers of the mean columns of a run with old (upstream) data.
+const MEAN_COLUMNS: [&str; 2] = ["downstream", "upstream"];
+
 /// The header of the evaluation table: domain names, then each domain's floor.
 pub fn format_eval_header(e: &EvalStats) -> String {
     let mut names = format!("{:>6}", "step");
@@ -66,6 +71,16 @@ pub fn format_eval_header(e: &EvalStats) -> String {
             Some(f) => format!("  {f:>w$.3}"),
             None => format!("  {:>w$}", "-"),
         };
+    }
+    if e.has_upstream() {
+        names += " |";
+        floors += "  ";
+        for column in MEAN_COLUMNS {
+            let w = column.len();
+            names += &format!("  {column:>w$}");
+            floors += &format!("  {:>w$}", "mean");
+        }
+        return format!("{names}   (validation loss, nats/token)\n{floors}");
     }
     if e.domains.iter().any(|d| d.floor.is_some()) {
         format!("{names}   (validation loss, nats/token)\n{floors}")
@@ -81,6 +96,16 @@ pub fn format_eval(e: &EvalStats) -> String {
         let w = column_width(&d.name);
         line += &format!("  {:>w$.3}", d.loss);
     }
+    if e.has_upstream() {
+        line += "  ";
+        for (column, mean) in MEAN_COLUMNS
+            .iter()
+            .zip([e.downstream_mean(), e.upstream_mean()])
+        {
+            let w = column.len();
+            line += &format!("  {:>w$.3}", mean.unwrap_or(f64::NAN));
+        }
+    }
     line
 }
 
@@ -89,6 +114,7 @@ pub fn format_final(e: &EvalStats) -> String {
     e.domains
         .iter()
         .map(|d| match d.floor {
+            _ if d.upstream => format!("  {:<12} val {:.3}  (old data)", d.name, d.loss),
             Some(f) => format!(
                 "  {:<12} val {:.3}  floor {:.3}  gap {:+.3}",
                 d.name,
@@ -138,5 +164,53 @@ impl TrainObserver for ProgressObserver {
 
     fn on_checkpoint(&mut self, step: u64, dir: &Path) {
         tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_actors::DomainEval;
+
+    fn domain(name: &str, loss: f32, upstream: bool) -> DomainEval {
+        DomainEval {
+            name: name.into(),
+            loss,
+            floor: None,
+            upstream,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_downstream_and_upstream_means_side_by_side() {
+        let e = EvalStats {
+            step: 40,
+            domains: vec![
+                domain("zh_tang", 3.0, false),
+                domain("zh_songci", 4.0, false),
+                domain("en_drama", 1.5, true),
+            ],
+        };
+        let header = format_eval_header(&e);
+        assert!(
+            header.contains("downstream") && header.contains("upstream"),
+            "{header}"
+        );
+        let row = format_eval(&e);
+        assert!(row.ends_with("3.500     1.500"), "{row}");
+        // Each value sits under its column.
+        let first = header.lines().next().unwrap();
+        assert_eq!(
+            first.find("downstream").unwrap() + 10,
+            row.find("3.500").unwrap() + 5
+        );
+        assert!(format_final(&e).contains("en_drama     val 1.500  (old data)"));
+        // Without old data, no mean columns.
+        let plain = EvalStats {
+            step: 1,
+            domains: vec![domain("a", 1.0, false)],
+        };
+        assert!(!format_eval_header(&plain).contains("upstream"));
+        assert_eq!(format_eval(&plain), "     1     1.000");
     }
 }

@@ -6,7 +6,8 @@
 //!   step-000100/
 //!     state.safetensors     flat f32 tensors `params`, `adam_m`, `adam_v` (the layout's order)
 //!     meta.json             format version, GptConfig, TrainConfig, step, tokens seen,
-//!                           tokenizer, crc32 of each tensor's bytes
+//!                           tokenizer, crc32 of each tensor's bytes, schedule position,
+//!                           lineage (the earlier runs of a continual run)
 //!     tokenizer.json        only when the run used a Hugging Face tokenizer
 //! ```
 //!
@@ -25,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use shoal_models::{GptConfig, ParamLayout};
 
 use crate::config::TrainConfig;
+use crate::continual::RunRecord;
 use crate::error::{Result, TrainError};
+use crate::schedule::SchedulePosition;
 
 /// The checkpoint format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -63,6 +66,21 @@ pub struct CheckpointMeta {
     /// [`sharded`]); empty for a whole checkpoint in `state.safetensors`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<String>,
+    /// Where the run stands in its learning-rate schedule (absent for imported
+    /// weights and checkpoints older than schedules in tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_position: Option<SchedulePosition>,
+    /// The earlier runs this one continues (`init`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<RunRecord>,
+    /// AdamW steps folded into the moments before this run started (moments kept
+    /// from its `init`); AdamW's bias correction counts them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moment_steps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The full training state of one process at a step boundary.
@@ -247,6 +265,9 @@ impl Checkpoint {
                 num_params: n,
                 checksums: BTreeMap::new(),
                 shards: Vec::new(),
+                schedule_position: None,
+                lineage: Vec::new(),
+                moment_steps: 0,
             },
             params,
             adam_m: vec![0.0; n],

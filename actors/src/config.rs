@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shoal_data::MixtureWeights;
 use shoal_models::GptConfig;
 
+use crate::continual::ReplaySpec;
 use crate::error::{Result, TrainError};
+use crate::schedule::Schedule;
 
 /// Everything a single-process training run needs to know.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -73,6 +76,27 @@ pub struct TrainConfig {
     /// Arithmetic of the GPU's matrix products: `fp32` (exact), `tf32` (tensor cores,
     /// 10-bit mantissa inputs) or `bf16` (bf16 inputs); fp32 accumulation always.
     pub gpu_matmul: String,
+    /// Activation recomputation (CPU): `none`, `selective` (the attention core's
+    /// output), `full` (each layer from its input) on every layer, or `auto`: the
+    /// plan that fits `activation_budget` and recomputes least (keeping everything
+    /// when there is no budget). See [`crate::recompute`].
+    pub recompute: String,
+    /// Bytes of activations each rank may hold, e.g. `"2GiB"` or `"512MiB"`, beside
+    /// the parameters, gradients and optimizer state; unbounded when absent.
+    pub activation_budget: Option<String>,
+    /// Domain weights of the training mixture: `uniform`, `natural` (in proportion to each
+    /// domain's training tokens) or the path of a weights file (as `shoal doremi` writes).
+    pub mixture: MixtureWeights,
+    /// The learning-rate schedule in tokens (phases of warm-up and decay); when absent,
+    /// one cosine phase from `lr`, `min_lr`, `warmup_steps` and `max_steps`. See
+    /// [`crate::schedule`] and [`TrainConfig::lr_schedule`].
+    pub schedule: Option<Schedule>,
+    /// The old (upstream) data of a continual run: evaluated beside `data`, and a
+    /// fraction of the samples drawn from it. See [`crate::continual`].
+    pub replay: Option<ReplaySpec>,
+    /// With `init` a trained shoal checkpoint: start the AdamW moments at zero (true)
+    /// or keep the checkpoint's (false). Imported and Hugging Face weights have none.
+    pub reset_moments: bool,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +128,12 @@ impl Default for TrainConfig {
             init: None,
             device: "cpu".into(),
             gpu_matmul: "fp32".into(),
+            recompute: "auto".into(),
+            activation_budget: None,
+            mixture: MixtureWeights::Uniform,
+            schedule: None,
+            replay: None,
+            reset_moments: true,
         }
     }
 }
@@ -195,6 +225,12 @@ pub enum DataSpec {
         /// Fraction of each domain held out for validation.
         #[serde(default = "default_val_fraction")]
         val_fraction: f64,
+    },
+    /// Token shards `shoal data tokenize` wrote: every domain of its manifest, with its own
+    /// validation split and tokenizer.
+    Shards {
+        /// The `manifest.json` (or the directory holding it).
+        manifest: PathBuf,
     },
 }
 
@@ -343,6 +379,8 @@ impl TrainConfig {
         positive("keep_checkpoints", self.keep_checkpoints)?;
         positive("ranks", self.ranks)?;
         crate::zero::ZeroStage::from_number(self.zero)?;
+        self.validate_continual()?;
+        let recompute = crate::recompute::RecomputeSettings::from_config(self)?;
         if !["fp32", "tf32", "bf16"].contains(&self.gpu_matmul.as_str()) {
             return Err(invalid(
                 "gpu_matmul",
@@ -362,6 +400,13 @@ impl TrainConfig {
             }
             if !cfg!(feature = "cuda") {
                 return Err(built_without_cuda(&self.device));
+            }
+            if recompute != crate::recompute::RecomputeSettings::default() {
+                return Err(invalid(
+                    "recompute",
+                    "and `activation_budget` apply to the CPU path only; leave them unset \
+                     with a `cuda` device",
+                ));
             }
         }
         if self.seq_len > model.n_positions {
@@ -441,6 +486,11 @@ impl TrainConfig {
                 }
                 if !fraction_ok(*val_fraction) {
                     return Err(invalid("data.val_fraction", "must be in (0, 1)"));
+                }
+            }
+            DataSpec::Shards { manifest } => {
+                if manifest.as_os_str().is_empty() {
+                    return Err(invalid("data.manifest", "must name a manifest"));
                 }
             }
         }
@@ -576,6 +626,24 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn recompute_and_activation_budget_parse() {
+        let c = parse("recompute = \"selective\"\nactivation_budget = \"2GiB\"\n").unwrap();
+        c.validate().unwrap();
+        let s = crate::recompute::RecomputeSettings::from_config(&c).unwrap();
+        assert_eq!(s.budget, Some(2 << 30));
+        assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
+        let d = TrainConfig::default();
+        assert_eq!((d.recompute.as_str(), d.activation_budget), ("auto", None));
+        let e = parse("recompute = \"most\"\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("recompute"), "{e}");
+        let e = parse("activation_budget = \"2 parsecs\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("activation_budget"), "{e}");
     }
 
     #[test]

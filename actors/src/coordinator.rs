@@ -52,7 +52,7 @@ mod status;
 
 pub use handle::{Coordinator, Drainer};
 use status::Recorder;
-pub use status::{Event, MemberStatus, Status};
+pub use status::{Event, MemberStatus, RecomputeStatus, Status};
 
 /// How often the coordinator checks heartbeats.
 const TICK: Duration = Duration::from_millis(100);
@@ -168,6 +168,9 @@ pub struct CoordinatorState {
     done: Option<ractor::concurrency::OneshotSender<Result<u64>>>,
     /// Set when the run finished: stop once the nodes are gone or this passes.
     stop_by: Option<Instant>,
+    /// What the nodes' recompute plans are chosen from, but the world size (none when
+    /// the model comes from `init` weights, which the coordinator does not read).
+    recompute: Option<crate::recompute::PlanInputs>,
 }
 
 /// Drives an elastic run (see the module documentation).
@@ -335,6 +338,7 @@ impl CoordinatorState {
         if next.lost_state {
             self.pieces = None;
         }
+        self.replan(next.ranks.len());
         self.running = Some(Running {
             generation,
             reports: vec![None; next.ranks.len()],
@@ -560,6 +564,26 @@ impl CoordinatorState {
         self.publish();
     }
 
+    /// The recompute plan every node of a generation of `world` ranks chooses (the
+    /// same pure function of the same inputs), into the status; an event when it
+    /// changes.
+    fn replan(&mut self, world: usize) {
+        let Some(inputs) = self.recompute.as_mut() else {
+            return;
+        };
+        inputs.world = world;
+        let planned = crate::recompute::plan_recompute(inputs);
+        let status = status::RecomputeStatus::of(world, &planned);
+        let before = self.recorder.recompute(Some(status.clone()));
+        if before.is_none_or(|b| (&b.plan, &b.error) != (&status.plan, &status.error)) {
+            let detail = match &planned {
+                Ok(choice) => choice.to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.recorder.event(self.committed, "recompute", detail);
+        }
+    }
+
     fn publish(&mut self) {
         let members = self.members();
         let (generation, world) = self
@@ -635,6 +659,22 @@ impl CoordinatorState {
     }
 }
 
+/// The recompute plan inputs of `config` (the world size to be set), or none when
+/// the architecture comes from `init` weights.
+fn recompute_inputs(config: &TrainConfig) -> Result<Option<crate::recompute::PlanInputs>> {
+    if config.init.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(crate::recompute::PlanInputs {
+        model: config.model.resolve()?,
+        stage: crate::zero::ZeroStage::from_number(config.zero)?,
+        world: 1,
+        batch: config.batch_size,
+        seq_len: config.seq_len,
+        settings: crate::recompute::RecomputeSettings::from_config(config)?,
+    }))
+}
+
 impl Actor for CoordinatorActor {
     type Msg = CoordinatorMsg;
     type State = CoordinatorState;
@@ -670,6 +710,7 @@ impl Actor for CoordinatorActor {
             recorder: a.recorder,
             done: Some(a.done),
             stop_by: None,
+            recompute: recompute_inputs(&a.config)?,
         })
     }
 

@@ -16,6 +16,29 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// No recompute plan fits the activation budget (or the fixed policy asked for
+    /// does not).
+    #[error(
+        "`activation_budget` {} is too small: recompute `{plan}` needs {} of activations per \
+         rank ({rows} sequence(s) of {seq_len} tokens on each of {world} rank(s)); raise the \
+         budget or shorten the micro-batch or the sequences",
+        crate::recompute::format_bytes(*budget),
+        crate::recompute::format_bytes(*needed)
+    )]
+    ActivationBudget {
+        /// The plan that came closest (full recomputation, or the fixed policy).
+        plan: String,
+        /// Its bytes.
+        needed: u64,
+        /// The budget.
+        budget: u64,
+        /// Sequences per micro-batch on the busiest rank.
+        rows: usize,
+        /// Tokens per sequence.
+        seq_len: usize,
+        /// Ranks in the ring.
+        world: usize,
+    },
     /// A collective operation between ranks failed (a peer lost, a deadline passed).
     #[error(transparent)]
     Collective(#[from] shoal_collectives::CollectiveError),

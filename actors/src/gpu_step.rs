@@ -110,7 +110,12 @@ mod on_gpu {
             gpu.synchronize().map_err(|e| err(e.into()))?;
             let optimizer_start = std::time::Instant::now();
             let grad_norm = dev
-                .step(gpu, &hp.adamw(), state.step + 1, hp.grad_clip)
+                .step(
+                    gpu,
+                    &hp.adamw(),
+                    state.step + 1 + hp.moment_steps,
+                    hp.grad_clip,
+                )
                 .map_err(err)?;
             gpu.synchronize().map_err(|e| err(e.into()))?;
             state.step += 1;

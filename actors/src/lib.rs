@@ -21,7 +21,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod continual;
 pub mod coordinator;
+pub mod doremi;
 pub mod error;
 pub mod feeder;
 mod gpu_step;
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod node;
 pub mod pieces;
 pub mod rank;
+pub mod recompute;
 pub mod reducer;
 pub mod replicas;
 pub mod schedule;
@@ -41,18 +44,26 @@ pub use checkpoint::{
     Checkpoint, CheckpointMeta, CheckpointStore, META_FILE, STATE_FILE, resolve_checkpoint_dir,
 };
 pub use config::{DataSpec, Device, ModelSpec, TrainConfig};
+pub use continual::{ReplaySpec, RunRecord, final_lr, load_init};
 pub use coordinator::{Coordinator, CoordinatorActor, CoordinatorSpec};
+pub use doremi::{Comparison, DoremiResult, DoremiSpec, compare_mixtures, run_doremi};
 pub use error::{Result, TrainError};
 pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
-pub use metrics::{DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics};
+pub use metrics::{
+    DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics, split_means,
+};
 pub use node::{Node, NodeActor, NodeSpec, StartState, stop_children};
 pub use rank::Rank;
+pub use recompute::{
+    PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMode, RecomputeScheduler,
+    RecomputeSettings, plan_recompute,
+};
 pub use reducer::GradientReducer;
 pub use replicas::Replicas;
-pub use schedule::LrSchedule;
+pub use schedule::{Decay, Phase, Schedule, SchedulePosition};
 pub use shard::ParameterShard;
 pub use step::{StepHyper, StepOutcome, TrainState, train_step};
-pub use trainer::{ELASTIC_COMM_TIMEOUT, ElasticEnd, TRAIN_COMM_TIMEOUT};
+pub use trainer::{DroStep, ELASTIC_COMM_TIMEOUT, ElasticEnd, GroupDro, TRAIN_COMM_TIMEOUT};
 pub use trainer::{
     LoadedData, NoopObserver, RunSummary, TrainObserver, Trainer, load_data, load_weights,
 };

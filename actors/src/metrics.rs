@@ -1,7 +1,9 @@
 //! Training metrics as JSON lines: one object per step and one per evaluation.
 //!
 //! Step lines: `{"step","loss","lr","grad_norm","tokens","tokens_per_s","seconds"}`.
-//! Eval lines: `{"step","eval":{domain: loss},"floor":{domain: nats}}`.
+//! Eval lines: `{"step","eval":{domain: loss},"floor":{domain: nats}}`; a continual run
+//! with old (upstream) data adds `"upstream":[domain, ...]` and the mean losses
+//! `"downstream_mean"` (new data) and `"upstream_mean"` (old data).
 //! Memory lines (data-parallel runs, once): `{"step","memory":[{"params","grads","optimizer","buffers"}]}`,
 //! bytes per local rank.
 //! Each line is flushed as it is written, so a crashed run leaves a readable file; a
@@ -54,6 +56,10 @@ pub struct DomainEval {
     pub loss: f32,
     /// The domain's entropy floor (nats/token), the best loss any model can reach, if known.
     pub floor: Option<f64>,
+    /// Whether the domain belongs to the old (upstream) data of a continual run rather
+    /// than the data it trains on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream: bool,
 }
 
 /// One evaluation over every domain's validation split.
@@ -61,8 +67,54 @@ pub struct DomainEval {
 pub struct EvalStats {
     /// Steps completed when it ran.
     pub step: u64,
-    /// Per-domain results, in mixture order.
+    /// Per-domain results, in mixture order (the new data's, then the old data's).
     pub domains: Vec<DomainEval>,
+}
+
+/// The mean of `losses`, if there are any.
+fn mean(losses: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = losses.fold((0.0, 0usize), |(s, n), l| (s + l, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl EvalStats {
+    /// Mean validation loss over the domains of the data the run trains on.
+    pub fn downstream_mean(&self) -> Option<f64> {
+        mean(
+            self.domains
+                .iter()
+                .filter(|d| !d.upstream)
+                .map(|d| f64::from(d.loss)),
+        )
+    }
+
+    /// Mean validation loss over the old (upstream) data's domains, if there are any.
+    pub fn upstream_mean(&self) -> Option<f64> {
+        mean(
+            self.domains
+                .iter()
+                .filter(|d| d.upstream)
+                .map(|d| f64::from(d.loss)),
+        )
+    }
+
+    /// Whether any domain is upstream.
+    pub fn has_upstream(&self) -> bool {
+        self.domains.iter().any(|d| d.upstream)
+    }
+}
+
+/// Mean losses of an eval record's `(downstream, upstream)` domains; `upstream` names
+/// the old data's domains.
+pub fn split_means(
+    eval: &BTreeMap<String, f64>,
+    upstream: &[String],
+) -> (Option<f64>, Option<f64>) {
+    let is_up = |name: &String| upstream.contains(name);
+    (
+        mean(eval.iter().filter(|(n, _)| !is_up(n)).map(|(_, l)| *l)),
+        mean(eval.iter().filter(|(n, _)| is_up(n)).map(|(_, l)| *l)),
+    )
 }
 
 /// One parsed line of a metrics file.
@@ -78,6 +130,8 @@ pub enum MetricsRecord {
         eval: BTreeMap<String, f64>,
         /// Domain → entropy floor, for domains that have one.
         floor: BTreeMap<String, f64>,
+        /// The domains of the old (upstream) data, when the run has any.
+        upstream: Vec<String>,
     },
     /// What each rank of a data-parallel run holds, in bytes (written once, after
     /// the first step).
@@ -116,6 +170,12 @@ struct EvalLine {
     eval: BTreeMap<String, f64>,
     #[serde(default)]
     floor: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    downstream_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream_mean: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -240,6 +300,14 @@ impl MetricsWriter {
                 .iter()
                 .filter_map(|d| d.floor.map(|f| (d.name.clone(), f)))
                 .collect(),
+            upstream: e
+                .domains
+                .iter()
+                .filter(|d| d.upstream)
+                .map(|d| d.name.clone())
+                .collect(),
+            downstream_mean: e.has_upstream().then(|| e.downstream_mean()).flatten(),
+            upstream_mean: e.upstream_mean(),
         })
     }
 }
@@ -281,6 +349,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
                 step: e.step,
                 eval: e.eval,
                 floor: e.floor,
+                upstream: e.upstream,
             }
         } else {
             let s: StepLine = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
@@ -321,11 +390,13 @@ mod tests {
                     name: "copy".into(),
                     loss: 1.5,
                     floor: Some(0.7),
+                    upstream: false,
                 },
                 DomainEval {
                     name: "text".into(),
                     loss: 2.5,
                     floor: None,
+                    upstream: false,
                 },
             ],
         }
@@ -347,14 +418,55 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert_eq!(r[1], MetricsRecord::Step(step(2)));
         match &r[2] {
-            MetricsRecord::Eval { step, eval, floor } => {
+            MetricsRecord::Eval {
+                step,
+                eval,
+                floor,
+                upstream,
+            } => {
                 assert_eq!(*step, 2);
                 assert_eq!(eval["text"], 2.5);
                 assert_eq!(floor.len(), 1);
                 assert!((floor["copy"] - 0.7).abs() < 1e-12);
+                assert!(upstream.is_empty());
             }
             other => panic!("{other:?}"),
         }
+        // No upstream data: the line is as before.
+        assert!(!text.contains("upstream"), "{text}");
+    }
+
+    #[test]
+    fn upstream_domains_and_means_are_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut e = eval(4);
+        e.domains.push(DomainEval {
+            name: "old/copy".into(),
+            loss: 3.5,
+            floor: None,
+            upstream: true,
+        });
+        assert_eq!(e.downstream_mean(), Some(2.0));
+        assert_eq!(e.upstream_mean(), Some(3.5));
+        let mut w = MetricsWriter::open(&path, 0).unwrap();
+        w.log_eval(&e).unwrap();
+        drop(w);
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(line["upstream"], serde_json::json!(["old/copy"]));
+        assert_eq!(line["downstream_mean"], 2.0);
+        assert_eq!(line["upstream_mean"], 3.5);
+        match &read_metrics(&path).unwrap()[0] {
+            MetricsRecord::Eval { eval, upstream, .. } => {
+                assert_eq!(upstream, &vec!["old/copy".to_string()]);
+                assert_eq!(split_means(eval, upstream), (Some(2.0), Some(3.5)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // EvalStats travels as JSON (the elastic coordinator's copy) with the flag.
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<EvalStats>(&json).unwrap(), e);
     }
 
     #[test]

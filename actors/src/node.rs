@@ -5,6 +5,12 @@
 //!
 //! [`Node`] is the synchronous handle a trainer, a benchmark or a user's program
 //! holds: it owns the tokio runtime the actors run on.
+//!
+//! A node also starts a [`RecomputeScheduler`] for its ring: the ranks' activations
+//! are laid out by the plan it chooses for the ring's world size, micro-batch and
+//! activation budget (an elastic run starts a node per generation, so a new world
+//! size gets a new plan), and a budget changed while the node runs reaches the ranks
+//! between steps ([`Node::set_activation_budget`]).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,6 +25,10 @@ use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
 use crate::pieces::Mirror;
 use crate::rank::{Rank, RankArgs, RankMsg};
+use crate::recompute::{
+    PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMsg, RecomputeScheduler,
+    RecomputeSettings, plan_recompute,
+};
 use crate::replicas::Replicas;
 use crate::shard::ShardMsg;
 use crate::step::StepHyper;
@@ -45,6 +55,8 @@ pub struct NodeSpec {
     pub threads_per_rank: usize,
     /// The data: tokens and targets of a global sample index.
     pub fill: Fill,
+    /// Activation recomputation: the mode and the budget per rank.
+    pub recompute: RecomputeSettings,
 }
 
 /// The training state a node starts from, in the full layout (each rank takes its
@@ -85,6 +97,19 @@ pub enum NodeMsg {
     Mirror(RpcReplyPort<Result<Mirror>>),
     /// The first local rank's communication counters.
     CommStats(RpcReplyPort<Result<CommStats>>),
+    /// The recompute plan in force.
+    Recompute(RpcReplyPort<Result<RecomputeChoice>>),
+    /// A new activation budget per rank: re-plan, and lay every rank's activations
+    /// out by the new plan if it changed.
+    SetActivationBudget(Option<u64>, RpcReplyPort<Result<RecomputeChoice>>),
+}
+
+/// What a [`NodeActor`] starts from.
+pub struct NodeArgs {
+    /// The local ranks.
+    pub ranks: Vec<RankArgs>,
+    /// The ring's recompute scheduler (the node stops it when it stops).
+    pub scheduler: ActorRef<RecomputeMsg>,
 }
 
 /// Supervises this process's ranks (see the module documentation).
@@ -93,6 +118,7 @@ pub struct NodeActor;
 /// The node's state.
 pub struct NodeState {
     ranks: Vec<ActorRef<RankMsg>>,
+    scheduler: ActorRef<RecomputeMsg>,
     aborts: Vec<AbortHandle>,
     /// Why a rank stopped, once one has.
     failed: Option<String>,
@@ -131,6 +157,22 @@ impl NodeState {
         Ok(out)
     }
 
+    /// Re-plans for `budget` and lays the ranks' activations out by the new plan.
+    async fn set_budget(&self, budget: Option<u64>) -> Result<RecomputeChoice> {
+        self.check()?;
+        let change = RecomputeChange::Budget(budget);
+        let replanned = ractor::call!(self.scheduler, RecomputeMsg::Change, change)
+            .map_err(|e| gone("RecomputeScheduler", e))??;
+        if replanned.changed {
+            let plan = &replanned.choice.plan;
+            let answers = self
+                .ask_all(|reply| RankMsg::SetRecompute(plan.clone(), reply))
+                .await?;
+            answers.into_iter().collect::<Result<Vec<()>>>()?;
+        }
+        Ok(replanned.choice)
+    }
+
     /// The first rank's answer of a collective every local rank joins.
     async fn first<T: Send + 'static>(
         &self,
@@ -150,12 +192,12 @@ impl NodeState {
 impl Actor for NodeActor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = Vec<RankArgs>;
+    type Arguments = NodeArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<NodeMsg>,
-        ranks: Vec<RankArgs>,
+        NodeArgs { ranks, scheduler }: NodeArgs,
     ) -> std::result::Result<NodeState, ActorProcessingErr> {
         let aborts = ranks.iter().map(|r| r.comm.abort_handle()).collect();
         let mut refs = Vec::new();
@@ -167,6 +209,7 @@ impl Actor for NodeActor {
         }
         Ok(NodeState {
             ranks: refs,
+            scheduler,
             aborts,
             failed: None,
         })
@@ -208,6 +251,14 @@ impl Actor for NodeActor {
             NodeMsg::Mirror(reply) => {
                 let _ = reply.send(state.first(ShardMsg::Mirror).await);
             }
+            NodeMsg::Recompute(reply) => {
+                let choice = ractor::call!(state.scheduler, RecomputeMsg::Current)
+                    .map_err(|e| gone("RecomputeScheduler", e));
+                let _ = reply.send(choice);
+            }
+            NodeMsg::SetActivationBudget(budget, reply) => {
+                let _ = reply.send(state.set_budget(budget).await);
+            }
             NodeMsg::Memory(reply) => {
                 let m = state
                     .ask_all(|reply| RankMsg::Shard(ShardMsg::Memory(reply)))
@@ -221,9 +272,10 @@ impl Actor for NodeActor {
     async fn post_stop(
         &self,
         myself: ActorRef<NodeMsg>,
-        _: &mut NodeState,
+        state: &mut NodeState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         stop_children(&myself).await;
+        state.scheduler.stop(None);
         Ok(())
     }
 
@@ -281,13 +333,34 @@ impl Node {
         let model = Arc::new(spec.model.clone());
         let buckets = Self::buckets(spec);
         let world = comms.first().map_or(1, Communicator::world);
+        let inputs = PlanInputs {
+            model: spec.model.config.clone(),
+            stage: spec.stage,
+            world,
+            batch: spec.batch,
+            seq_len: spec.seq_len,
+            settings: spec.recompute,
+        };
+        // Planned here first for a typed error when nothing fits the budget.
+        let choice = plan_recompute(&inputs)?;
         let ranks = comms
             .into_iter()
-            .map(|comm| rank_args(spec, &model, &buckets, comm, &start))
+            .map(|comm| rank_args(spec, &model, &buckets, comm, &start, &choice))
             .collect::<Result<Vec<_>>>()?;
-        let (actor, handle) = runtime
-            .block_on(Actor::spawn(None, NodeActor, ranks))
-            .map_err(|e| gone("Node", e))?;
+        let (scheduler, _) = runtime
+            .block_on(Actor::spawn(None, RecomputeScheduler, inputs))
+            .map_err(|e| gone("RecomputeScheduler", e))?;
+        let args = NodeArgs {
+            ranks,
+            scheduler: scheduler.clone(),
+        };
+        let (actor, handle) = match runtime.block_on(Actor::spawn(None, NodeActor, args)) {
+            Ok(started) => started,
+            Err(e) => {
+                scheduler.stop(None);
+                return Err(gone("Node", e));
+            }
+        };
         Ok(Self {
             runtime,
             actor,
@@ -349,6 +422,20 @@ impl Node {
         self.ask(NodeMsg::Mirror)?
     }
 
+    /// The recompute plan the ranks run under.
+    pub fn recompute(&self) -> Result<RecomputeChoice> {
+        self.ask(NodeMsg::Recompute)?
+    }
+
+    /// Changes the activation budget per rank (`None`: unbounded): the scheduler
+    /// re-plans and, if the plan changed, every local rank lays its activations out
+    /// anew before its next step. An error (nothing fits) leaves the plan as it was.
+    /// Every process of a ring should set the same budget, so that the ranks keep
+    /// running the same plan.
+    pub fn set_activation_budget(&self, budget: Option<u64>) -> Result<RecomputeChoice> {
+        self.ask(|reply| NodeMsg::SetActivationBudget(budget, reply))?
+    }
+
     /// The first local rank's communication counters so far.
     pub fn comm_stats(&self) -> Result<CommStats> {
         self.ask(NodeMsg::CommStats)?
@@ -386,6 +473,7 @@ fn rank_args(
     buckets: &[Range<usize>],
     comm: Communicator,
     start: &StartState<'_>,
+    recompute: &RecomputeChoice,
 ) -> Result<RankArgs> {
     let (world, rank) = (comm.world(), comm.rank());
     let rows = shard_range(spec.batch, world, rank);
@@ -401,12 +489,13 @@ fn rank_args(
     };
     let compute = (compute_rows > 0)
         .then(|| {
-            Replicas::with_replicas(
+            Replicas::with_plan(
                 &model.config,
                 compute_rows,
                 spec.seq_len,
                 spec.threads_per_rank,
                 replicas,
+                &recompute.plan,
             )
         })
         .transpose()?;

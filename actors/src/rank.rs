@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ractor::concurrency::oneshot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use shoal_collectives::Communicator;
-use shoal_models::{Gpt, Part, Whole};
+use shoal_models::{Gpt, Part, RecomputePlan, Whole};
 
 use crate::error::{Result, TrainError};
 use crate::feeder::{DataFeeder, FeedPlan, FeederMsg, Fill, StepBatch};
@@ -45,6 +45,8 @@ pub enum RankMsg {
     /// Requests for the rank's shard ([`ShardMsg::SaveShard`], [`ShardMsg::Params`],
     /// [`ShardMsg::Memory`]), passed on.
     Shard(ShardMsg),
+    /// Lay the rank's activations out by this recompute plan from the next step on.
+    SetRecompute(RecomputePlan, RpcReplyPort<Result<()>>),
 }
 
 /// What a [`Rank`] starts from.
@@ -368,6 +370,14 @@ impl Actor for Rank {
                 if let Some(w) = &state.worker {
                     w.shard.cast(msg)?;
                 }
+            }
+            RankMsg::SetRecompute(plan, reply) => {
+                // Steps run inside `handle`, so the worker is back between them.
+                let out = match state.worker.as_mut().and_then(|w| w.compute.as_mut()) {
+                    Some(compute) => compute.set_plan(&plan),
+                    None => Ok(()),
+                };
+                let _ = reply.send(out);
             }
         }
         Ok(())

@@ -12,7 +12,7 @@
 //! given thread count (the summation order depends only on P).
 
 use rayon::prelude::*;
-use shoal_models::{Activations, Gpt, GptConfig, GradSink, ParamSource};
+use shoal_models::{Activations, Gpt, GptConfig, GradSink, ParamSource, Recompute, RecomputePlan};
 
 use crate::error::{Result, TrainError};
 
@@ -63,6 +63,20 @@ impl Replicas {
         threads: usize,
         most: usize,
     ) -> Result<Self> {
+        let keep = RecomputePlan::uniform(config.n_layer, Recompute::None);
+        Self::with_plan(config, batch, seq_len, threads, most, &keep)
+    }
+
+    /// [`Replicas::with_replicas`] with every replica's activations laid out by the
+    /// recompute `plan` (see [`crate::recompute`]).
+    pub fn with_plan(
+        config: &GptConfig,
+        batch: usize,
+        seq_len: usize,
+        threads: usize,
+        most: usize,
+        plan: &RecomputePlan,
+    ) -> Result<Self> {
         let threads = threads.max(1);
         let pool = build_pool(threads, "shoal-compute")?;
         let replicas = if threads > 1 && most >= threads && batch.is_multiple_of(threads) {
@@ -72,7 +86,7 @@ impl Replicas {
                 .map(|r| {
                     Ok(Replica {
                         pool: Some(build_pool(1, "shoal-replica")?),
-                        acts: Activations::new(config, slice, seq_len)?,
+                        acts: Activations::with_plan(config, slice, seq_len, plan.clone())?,
                         grads: if r == 0 { Vec::new() } else { vec![0.0; n] },
                     })
                 })
@@ -80,7 +94,7 @@ impl Replicas {
         } else {
             vec![Replica {
                 pool: None,
-                acts: Activations::new(config, batch, seq_len)?,
+                acts: Activations::with_plan(config, batch, seq_len, plan.clone())?,
                 grads: Vec::new(),
             }]
         };
@@ -98,6 +112,19 @@ impl Replicas {
             .iter()
             .map(|r| r.acts.bytes() + 4 * r.grads.len())
             .sum()
+    }
+
+    /// Lays every replica's activations out anew for the recompute `plan`.
+    pub fn set_plan(&mut self, plan: &RecomputePlan) -> Result<()> {
+        for r in &mut self.replicas {
+            r.acts.set_plan(plan.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The recompute plan the activations are laid out by.
+    pub fn plan(&self) -> &RecomputePlan {
+        self.replicas[0].acts.plan()
     }
 
     /// Number of compute threads.
@@ -362,6 +389,34 @@ mod tests {
         );
         // Repeating the same work gives the same bits.
         assert_eq!(grads_on(2, 4).2, g2);
+    }
+
+    /// Activations are proportional to the rows, so splitting a micro-batch over
+    /// replicas leaves their bytes (what a recompute plan budgets) unchanged; each extra
+    /// replica adds only its private gradient buffer.
+    #[test]
+    fn activation_bytes_do_not_depend_on_the_split() {
+        use shoal_models::ActivationBytes;
+        let config = GptConfig::preset("tiny").unwrap();
+        let plan = RecomputePlan::from_layers(vec![
+            Recompute::Full,
+            Recompute::Selective,
+            Recompute::None,
+            Recompute::None,
+        ]);
+        let psi = shoal_models::ParamLayout::new(&config).len();
+        let want = ActivationBytes::new(&config, 4, 32, &plan).total();
+        for threads in [1, 2] {
+            let mut r = Replicas::with_plan(&config, 4, 32, threads, threads, &plan).unwrap();
+            assert_eq!(r.replicas(), threads);
+            let private = 4 * psi * (threads - 1);
+            assert_eq!(r.activation_bytes() - private, want);
+            assert_eq!(r.plan(), &plan);
+            let keep = RecomputePlan::uniform(4, Recompute::None);
+            r.set_plan(&keep).unwrap();
+            let all = ActivationBytes::new(&config, 4, 32, &keep).total();
+            assert_eq!(r.activation_bytes() - private, all);
+        }
     }
 
     #[test]

@@ -396,7 +396,7 @@ impl ShardState {
                 &mut z.adam_m[own.clone()],
                 &mut z.adam_v[own],
                 &hp.adamw(),
-                step,
+                step + hp.moment_steps,
                 &spans_within(&self.spans, piece),
             );
         }

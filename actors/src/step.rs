@@ -72,6 +72,10 @@ pub struct StepHyper {
     pub grad_clip: f32,
     /// Micro-batches per step; each backward is scaled by `1 / grad_accum`.
     pub grad_accum: usize,
+    /// AdamW steps already folded into the moments before this run (moments kept
+    /// from a continual run's `init`): AdamW's bias correction counts them, so kept
+    /// moments are not scaled up as if they were new. 0 otherwise.
+    pub moment_steps: u64,
 }
 
 impl StepHyper {
@@ -146,7 +150,7 @@ pub fn train_step(
 }
 
 /// Global gradient norm, clipping and the AdamW update; returns the norm before clipping.
-fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper) -> Result<f32> {
+pub(crate) fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper) -> Result<f32> {
     let grad_norm = shoal_kernels::sum_of_squares(&state.grads).sqrt() as f32;
     if hp.grad_clip > 0.0 {
         let coef = shoal_kernels::clip_coefficient(grad_norm, hp.grad_clip);
@@ -161,7 +165,7 @@ fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper)
         &mut state.adam_m,
         &mut state.adam_v,
         &hp.adamw(),
-        state.step,
+        state.step + hp.moment_steps,
         spans,
     );
     Ok(grad_norm)

@@ -9,17 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use shoal_collectives::Communicator;
-use shoal_data::{Mixture, SyntheticCorpus, Tokenizer};
+use shoal_data::{Domain, Mixture, MixtureWeights, Replay, SyntheticCorpus, Tokenizer};
 use shoal_kernels::DecaySpan;
 use shoal_models::{Gpt, GptConfig, SampleOptions};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, load_checkpoint};
 use crate::config::{DataSpec, TrainConfig};
+use crate::continual::{RunRecord, load_init, load_replay};
 use crate::error::{Result, TrainError};
 use crate::gpu_step::GpuStep;
 use crate::metrics::{DomainEval, EvalStats, MetricsWriter, StepStats};
 use crate::replicas::Replicas;
-use crate::schedule::LrSchedule;
+use crate::schedule::Schedule;
 use crate::step::{StepHyper, TrainState, train_step};
 use crate::zero::MemoryReport;
 
@@ -67,8 +68,15 @@ pub struct LoadedData {
     pub tokenizer_json: Option<PathBuf>,
 }
 
-/// Loads the data a [`DataSpec`] describes.
-pub fn load_data(spec: &DataSpec) -> Result<LoadedData> {
+/// Loads the data a [`DataSpec`] describes and weighs its domains as `weights` says.
+pub fn load_data(spec: &DataSpec, weights: &MixtureWeights) -> Result<LoadedData> {
+    let mut data = load_domains(spec)?;
+    weights.apply(&mut data.mixture)?;
+    Ok(data)
+}
+
+/// The domains a [`DataSpec`] describes, equally weighted.
+fn load_domains(spec: &DataSpec) -> Result<LoadedData> {
     match spec {
         DataSpec::Builtin {
             seed,
@@ -98,6 +106,19 @@ pub fn load_data(spec: &DataSpec) -> Result<LoadedData> {
                 tokenizer_json: tokenizer.clone(),
             })
         }
+        DataSpec::Shards { manifest } => {
+            let manifest = shoal_data::Manifest::load(manifest)?;
+            let tokenizer = manifest.tokenizer()?;
+            let tokenizer_json = match &tokenizer {
+                Tokenizer::Hf(_, path) => Some(path.clone()),
+                Tokenizer::Bytes => None,
+            };
+            Ok(LoadedData {
+                mixture: manifest.mixture()?,
+                tokenizer,
+                tokenizer_json,
+            })
+        }
     }
 }
 
@@ -117,8 +138,16 @@ pub struct Trainer {
     model: Gpt,
     state: TrainState,
     spans: Vec<DecaySpan>,
-    schedule: LrSchedule,
+    schedule: Schedule,
     data: LoadedData,
+    /// The old data a continual run evaluates beside `data` and replays into training.
+    replay: Option<Replay>,
+    /// The earlier runs this one continues (from `init`), oldest first.
+    lineage: Vec<RunRecord>,
+    /// AdamW steps folded into the moments before this run (kept `init` moments).
+    moment_steps: u64,
+    /// Samples consumed by this process's steps per domain: `data`'s, then `replay`'s.
+    consumed: Vec<u64>,
     compute: Replicas,
     tokens: Vec<u32>,
     targets: Vec<u32>,
@@ -132,23 +161,35 @@ pub struct Trainer {
     /// The GPU the steps run on (`device = "cuda"`); `state` is then brought up to
     /// date by [`Trainer::sync_device`].
     gpu: Option<GpuStep>,
+    /// The plan inputs of a single-process step when no recompute plan fits them
+    /// (the error is reported by [`Trainer::step`]; see [`crate::recompute`]).
+    unplanned: Option<crate::recompute::PlanInputs>,
 }
 
 impl Trainer {
-    /// A fresh run: random initialisation from `seed`, or the weights `config.init` names.
+    /// A fresh run: random initialisation from `seed`, or the weights `config.init` names
+    /// (with their AdamW moments unless `reset_moments`; see [`crate::continual`]).
     pub fn new(config: TrainConfig) -> Result<Self> {
-        let (model, params) = match &config.init {
-            Some(path) => {
-                if config.model != crate::config::ModelSpec::default() {
-                    tracing::warn!("`init` is set: the model architecture comes from its weights");
-                }
-                let (model, params) = load_weights(path)?;
-                tracing::info!(path = %path.display(), "initial weights loaded");
-                (model, Some(params))
-            }
-            None => (config.model.resolve()?, None),
+        let Some(path) = config.init.clone() else {
+            let model = config.model.resolve()?;
+            return Self::build(config, model, None);
         };
-        Self::build(config, model, params)
+        if config.model != crate::config::ModelSpec::default() {
+            tracing::warn!("`init` is set: the model architecture comes from its weights");
+        }
+        let init = load_init(&path, config.reset_moments)?;
+        tracing::info!(
+            path = %path.display(),
+            moments = if init.moments.is_some() { "kept" } else { "zero" },
+            "initial weights loaded"
+        );
+        let mut t = Self::build(config, init.model, Some(init.params))?;
+        if let Some((m, v)) = init.moments {
+            (t.state.adam_m, t.state.adam_v) = (m, v);
+        }
+        t.moment_steps = init.moment_steps;
+        t.lineage = init.lineage;
+        Ok(t)
     }
 
     /// Resumes the run a checkpoint (or run directory) holds, with its stored config.
@@ -187,13 +228,15 @@ impl Trainer {
         t.state.adam_v = ckpt.adam_v;
         t.state.step = ckpt.meta.step;
         t.tokens_seen = ckpt.meta.tokens_seen;
+        t.lineage = ckpt.meta.lineage;
+        t.moment_steps = ckpt.meta.moment_steps;
         t.resumed_from = Some(dir);
         Ok(t)
     }
 
     fn build(config: TrainConfig, model: GptConfig, params: Option<Vec<f32>>) -> Result<Self> {
         config.validate_for(&model)?;
-        let data = load_data(&config.data)?;
+        let data = load_data(&config.data, &config.mixture)?;
         let vocab = model.vocab_size;
         if data.tokenizer.vocab_size() > vocab {
             return Err(TrainError::InvalidConfig {
@@ -206,7 +249,12 @@ impl Trainer {
             });
         }
         let t = config.seq_len;
-        for d in &data.mixture.domains {
+        let replay = match &config.replay {
+            Some(spec) => Some(load_replay(spec, &data)?),
+            None => None,
+        };
+        let upstream = replay.iter().flat_map(|r| &r.old.domains);
+        for d in data.mixture.domains.iter().chain(upstream) {
             for (split, ds) in [("train", &d.train), ("validation", &d.val)] {
                 ds.check_vocab(vocab)
                     .map_err(|source| TrainError::DomainData {
@@ -233,17 +281,27 @@ impl Trainer {
             Some(p) => p,
             None => gpt.init_params(config.seed),
         };
-        let compute = Replicas::new(&gpt.config, config.batch_size, t, config.resolved_threads())?;
+        let (compute, unplanned) = crate::recompute::trainer_compute(&config, &gpt.config)?;
         let n = config.batch_size * t;
         let gpu = GpuStep::open(&config)?;
+        let schedule = config.lr_schedule();
+        let run_tokens = config.max_steps.saturating_mul(config.tokens_per_step());
+        if schedule.total_tokens() < run_tokens {
+            tracing::warn!(
+                schedule_tokens = schedule.total_tokens(),
+                run_tokens,
+                "the schedule ends before the run: its final rate holds from there on"
+            );
+        }
+        let domains =
+            data.mixture.domains.len() + replay.as_ref().map_or(0, |r| r.old.domains.len());
         Ok(Self {
             spans: gpt.layout.decay_spans(),
-            schedule: LrSchedule {
-                max_lr: config.lr,
-                min_lr: config.min_lr,
-                warmup_steps: config.warmup_steps,
-                total_steps: config.max_steps,
-            },
+            schedule,
+            replay,
+            lineage: Vec::new(),
+            moment_steps: 0,
+            consumed: vec![0; domains],
             state: TrainState::new(params),
             model: gpt,
             compute,
@@ -255,6 +313,7 @@ impl Trainer {
             comm: None,
             rank_memory: Vec::new(),
             gpu,
+            unplanned,
             config,
         })
     }
@@ -295,9 +354,79 @@ impl Trainer {
         &self.data.tokenizer
     }
 
-    /// The learning-rate schedule.
-    pub fn schedule(&self) -> &LrSchedule {
+    /// The learning-rate schedule (in tokens).
+    pub fn schedule(&self) -> &Schedule {
         &self.schedule
+    }
+
+    /// The old data of a continual run (`config.replay`), evaluated and replayed.
+    pub fn replay(&self) -> Option<&Replay> {
+        self.replay.as_ref()
+    }
+
+    /// The earlier runs this one continues (from `init`), oldest first.
+    pub fn lineage(&self) -> &[RunRecord] {
+        &self.lineage
+    }
+
+    /// AdamW steps folded into the moments before this run (kept `init` moments).
+    pub fn moment_steps(&self) -> u64 {
+        self.moment_steps
+    }
+
+    /// Every domain the run trains or evaluates on: the new data's, then the old
+    /// data's (`upstream` true).
+    pub fn all_domains(&self) -> impl Iterator<Item = (&Domain, bool)> {
+        let old = self.replay.iter().flat_map(|r| &r.old.domains);
+        (self.data.mixture.domains.iter().map(|d| (d, false))).chain(old.map(|d| (d, true)))
+    }
+
+    /// Training samples this process's steps consumed, per domain of
+    /// [`Trainer::all_domains`] (the local ranks' rows in a data-parallel run).
+    pub fn consumed_samples(&self) -> Vec<(String, u64)> {
+        self.all_domains()
+            .zip(&self.consumed)
+            .map(|((d, _), &n)| (d.name.clone(), n))
+            .collect()
+    }
+
+    /// The global sample `index`'s tokens and targets, from the new data or the
+    /// replayed old data; returns its domain (as [`Trainer::all_domains`] counts).
+    fn sampler(
+        &self,
+    ) -> impl Fn(u64, &mut [u32], &mut [u32]) -> Result<usize> + Send + Sync + 'static {
+        let (mixture, replay) = (self.data.mixture.clone(), self.replay.clone());
+        let (seed, t) = (self.config.seed, self.config.seq_len);
+        move |index, x, y| {
+            Ok(shoal_data::sample_with_replay(
+                &mixture,
+                replay.as_ref(),
+                seed,
+                index,
+                t,
+                x,
+                y,
+            )?)
+        }
+    }
+
+    /// Counts global samples `indices` as consumed (their domains computed, not read).
+    fn count_consumed(&mut self, indices: &[u64]) -> Result<()> {
+        let seed = self.config.seed;
+        for &i in indices {
+            let d = match &self.replay {
+                Some(r) => r.domain_of(&self.data.mixture, seed, i)?,
+                None => self.data.mixture.domain_of(seed, i)?,
+            };
+            self.consumed[d] += 1;
+        }
+        Ok(())
+    }
+
+    /// Where the run stands in its schedule after the steps taken so far.
+    pub fn schedule_position(&self) -> crate::schedule::SchedulePosition {
+        self.schedule
+            .position(self.tokens_seen, self.config.tokens_per_step())
     }
 
     /// The checkpoint this trainer was resumed from, if any.
@@ -305,11 +434,18 @@ impl Trainer {
         self.resumed_from.as_deref()
     }
 
-    /// The hyper-parameters of step `step` (0-based: the step being taken).
+    /// The hyper-parameters of step `step` (0-based: the step being taken). Its
+    /// learning rate is the schedule's at the tokens consumed before it: those of the
+    /// steps completed ([`Trainer::tokens_seen`] at [`Trainer::step_count`]) plus a
+    /// global batch for every step between there and `step`.
     fn hyper(&self, step: u64) -> StepHyper {
         let c = &self.config;
+        let per_step = c.tokens_per_step();
+        let ahead = step.saturating_sub(self.state.step);
+        let tokens = self.tokens_seen + ahead * per_step;
         StepHyper {
-            lr: self.schedule.lr(step),
+            lr: self.schedule.lr(tokens, per_step),
+            moment_steps: self.moment_steps,
             beta1: c.beta1,
             beta2: c.beta2,
             eps: c.eps,
@@ -321,16 +457,23 @@ impl Trainer {
 
     /// Runs one optimizer step over `grad_accum` micro-batches.
     pub fn step(&mut self) -> Result<StepStats> {
+        if let Some(inputs) = &self.unplanned {
+            crate::recompute::plan_recompute(inputs)?;
+        }
         let start = Instant::now();
         let c = &self.config;
         let (b, t, accum, seed) = (c.batch_size, c.seq_len, c.grad_accum, c.seed);
         let step = self.state.step;
         let hp = self.hyper(step);
-        let mixture = &self.data.mixture;
+        let (mixture, replay) = (&self.data.mixture, self.replay.as_ref());
+        let mut picked = Vec::with_capacity(b * accum);
         let fill = |micro: usize, tokens: &mut [u32], targets: &mut [u32]| -> Result<()> {
             let first = (step * (b * accum) as u64) + (micro * b) as u64;
             for (i, (x, y)) in tokens.chunks_mut(t).zip(targets.chunks_mut(t)).enumerate() {
-                mixture.sample(seed, first + i as u64, t, x, y)?;
+                let index = first + i as u64;
+                picked.push(shoal_data::sample_with_replay(
+                    mixture, replay, seed, index, t, x, y,
+                )?);
             }
             Ok(())
         };
@@ -343,6 +486,9 @@ impl Trainer {
         };
         let n_tokens = c.tokens_per_step();
         self.tokens_seen += n_tokens;
+        for d in picked {
+            self.consumed[d] += 1;
+        }
         Ok(StepStats {
             step: self.state.step,
             loss: out.loss,
@@ -354,7 +500,8 @@ impl Trainer {
     }
 
     /// Mean validation loss of every domain over `eval_batches` micro-batches of windows
-    /// spread evenly over its validation split (the same windows every time).
+    /// spread evenly over its validation split (the same windows every time): the new
+    /// data's domains, then the old (upstream) data's of a continual run.
     pub fn evaluate(&mut self) -> Result<EvalStats> {
         self.sync_device()?;
         let (b, t) = (self.config.batch_size, self.config.seq_len);
@@ -362,10 +509,12 @@ impl Trainer {
         let wanted = batches * b;
         let (model, params, compute) = (&self.model, &self.state.params, &mut self.compute);
         let (tokens, targets) = (&mut self.tokens, &mut self.targets);
-        let mixture = &self.data.mixture;
+        let old = self.replay.iter().flat_map(|r| &r.old.domains);
+        let all = self.data.mixture.domains.iter().map(|d| (d, false));
+        let all: Vec<(&Domain, bool)> = all.chain(old.map(|d| (d, true))).collect();
         let domains = (|| -> Result<Vec<DomainEval>> {
-            let mut out = Vec::with_capacity(mixture.domains.len());
-            for d in &mixture.domains {
+            let mut out = Vec::with_capacity(all.len());
+            for &(d, upstream) in &all {
                 let have = d.val.num_windows(t);
                 let mut sum = 0.0f64;
                 for batch in 0..batches {
@@ -388,6 +537,7 @@ impl Trainer {
                     name: d.name.clone(),
                     loss: (sum / batches as f64) as f32,
                     floor: d.entropy_floor,
+                    upstream,
                 });
             }
             Ok(out)
@@ -422,6 +572,9 @@ impl Trainer {
         ckpt.meta.step = self.state.step;
         ckpt.meta.tokens_seen = self.tokens_seen;
         ckpt.meta.train = Some(self.config.clone());
+        ckpt.meta.schedule_position = Some(self.schedule_position());
+        ckpt.meta.lineage = self.lineage.clone();
+        ckpt.meta.moment_steps = self.moment_steps;
         ckpt.tokenizer_json = self.data.tokenizer_json.clone();
         ckpt
     }
@@ -560,10 +713,12 @@ impl Trainer {
 
 mod data_parallel;
 mod elastic;
+mod group_dro;
 
 pub use data_parallel::TRAIN_COMM_TIMEOUT;
 use data_parallel::local_comms;
 pub use elastic::{ELASTIC_COMM_TIMEOUT, ElasticEnd};
+pub use group_dro::{DroStep, GroupDro, sequence_weights, update_weights};
 
 #[cfg(test)]
 #[path = "trainer_tests.rs"]

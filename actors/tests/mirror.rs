@@ -39,6 +39,7 @@ fn spec(stage: ZeroStage) -> NodeSpec {
         seq_len: 8,
         threads_per_rank: 1,
         fill,
+        recompute: Default::default(),
     }
 }
 
@@ -86,6 +87,7 @@ fn every_rank_holds_its_piece_and_the_previous_ranks() {
                             weight_decay: 0.1,
                             grad_clip: 1.0,
                             grad_accum: 1,
+                            moment_steps: 0,
                         };
                         for step in 0..3 {
                             node.step(step, hp).unwrap();

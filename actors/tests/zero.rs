@@ -38,6 +38,7 @@ fn hyper() -> StepHyper {
         // Low enough that clipping acts on some steps.
         grad_clip: 0.5,
         grad_accum: ACCUM,
+        moment_steps: 0,
     }
 }
 
@@ -109,6 +110,7 @@ fn distributed(comms: Vec<Communicator>, stage: ZeroStage, bucket_elems: usize) 
         seq_len: SEQ,
         threads_per_rank: 1,
         fill,
+        recompute: Default::default(),
     };
     let start = StartState {
         params: &params,

@@ -143,6 +143,78 @@ pub enum DataError {
         /// The known names, comma separated.
         known: String,
     },
+
+    /// A token manifest (`manifest.json`) cannot be read or contradicts itself.
+    #[error("{path}: invalid token manifest: {reason}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A file named by a token manifest is missing or does not match what the manifest says.
+    #[error("{manifest}: {path}: {reason}")]
+    ManifestFile {
+        /// The manifest naming the file.
+        manifest: PathBuf,
+        /// The shard or tokenizer file.
+        path: PathBuf,
+        /// What differs (counts, vocabulary size) or that it does not exist.
+        reason: String,
+    },
+
+    /// A directory is not the output of `shoal data prepare`.
+    #[error("{dir}: not a prepared corpus: {reason}")]
+    NotPreparedCorpus {
+        /// The directory given.
+        dir: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+
+    /// A domain asked for is not in a prepared corpus.
+    #[error("{dir}: no domain {name:?} in this prepared corpus (it has: {known})")]
+    CorpusDomain {
+        /// The prepared corpus.
+        dir: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The corpus's domains, comma separated.
+        known: String,
+    },
+
+    /// There is nothing to train a tokenizer on, or a domain to tokenize has no document.
+    #[error("{what} holds no document")]
+    NoDocuments {
+        /// The inputs or the domain.
+        what: String,
+    },
+
+    /// A byte-level BPE cannot have this vocabulary size.
+    #[error(
+        "vocabulary size {vocab_size} is too small: a byte-level BPE needs at least {minimum} (256 bytes and the special tokens)"
+    )]
+    VocabTooSmall {
+        /// The size asked for.
+        vocab_size: usize,
+        /// 256 plus the number of special tokens.
+        minimum: usize,
+    },
+
+    /// Training a tokenizer failed.
+    #[error("tokenizer training failed: {reason}")]
+    TokenizerTrain {
+        /// What the `tokenizers` crate said.
+        reason: String,
+    },
+
+    /// A validation fraction outside [0, 1).
+    #[error("validation fraction {value} is not in [0, 1)")]
+    ValFraction {
+        /// The fraction given.
+        value: f64,
+    },
 }
 
 impl DataError {

@@ -40,15 +40,21 @@ impl Mixture {
         tokens: &mut [u32],
         targets: &mut [u32],
     ) -> Result<usize, DataError> {
-        self.check_weights()?;
-        let u: f64 = sample_rng(seed, global_index).random();
-        let d = pick(&self.normalized_weights(), u);
+        let d = self.domain_of(seed, global_index)?;
         // The window position uses a seed of its own, so it does not correlate with the pick.
         let window_seed = derive_seed(seed, d as u64);
         self.domains[d]
             .train
             .sample(window_seed, global_index, t, tokens, targets)?;
         Ok(d)
+    }
+
+    /// The domain [`Mixture::sample`] reads global sample `global_index` from, without
+    /// reading it.
+    pub fn domain_of(&self, seed: u64, global_index: u64) -> Result<usize, DataError> {
+        self.check_weights()?;
+        let u: f64 = sample_rng(seed, global_index).random();
+        Ok(pick(&self.normalized_weights(), u))
     }
 
     /// The weights divided by their sum. Negative or non-finite weights count as 0; if no
@@ -162,6 +168,7 @@ mod tests {
             let d = m.sample(11, i, t, &mut a, &mut at).expect("sample");
             let again = m.sample(11, i, t, &mut b, &mut bt).expect("sample");
             assert_eq!((d, &a, &at), (again, &b, &bt));
+            assert_eq!(m.domain_of(11, i).expect("domain"), d);
             // The window comes from the chosen domain's train split.
             assert_eq!(a[0] / 10_000, d as u32);
             assert!(at[t - 1] % 10_000 < 900);

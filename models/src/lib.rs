@@ -19,7 +19,7 @@ mod sample;
 
 pub use config::{GptConfig, PRESETS};
 pub use error::ModelError;
-pub use gpt::{Activations, Gpt};
+pub use gpt::{ActivationBytes, Activations, Gpt, Recompute, RecomputePlan, recompute};
 pub use layout::{ParamLayout, ParamTensor};
 pub use parts::{GradSink, ParamSource, Part, Whole, WholeGrads};
 pub use sample::SampleOptions;

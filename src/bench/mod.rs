@@ -5,13 +5,18 @@
 //!   QUIC stream and gloo;
 //! - [`zero`]: data-parallel steps per ZeRO stage against one rank alone and PyTorch
 //!   DDP/FSDP;
-//! - [`elastic`]: failure detection, recovery, joining and mirroring of elastic runs.
+//! - [`elastic`]: failure detection, recovery, joining and mirroring of elastic runs;
+//! - [`recompute`]: activation bytes per recompute policy against Korthikanti et al.'s
+//!   accounting, its step-time price, tiled vs naive attention, the longest sequence a
+//!   budget allows.
 
 use anyhow::Result;
 use clap::Subcommand;
 
 pub mod collectives;
 pub mod elastic;
+mod heap;
+pub mod recompute;
 pub mod train;
 pub mod zero;
 
@@ -27,6 +32,9 @@ pub enum BenchCommand {
     Zero(zero::BenchZeroArgs),
     /// Elastic runs on loopback: failure detection and recovery, joining, mirroring.
     Elastic(elastic::BenchElasticArgs),
+    /// Activation memory per recompute policy, its step-time price, tiled vs naive
+    /// attention, and the longest sequence an activation budget allows.
+    Recompute(recompute::BenchRecomputeArgs),
 }
 
 /// `shoal bench ...`.
@@ -36,5 +44,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Collectives(a) => collectives::run(a),
         BenchCommand::Zero(a) => zero::run(a),
         BenchCommand::Elastic(a) => elastic::run(a),
+        BenchCommand::Recompute(a) => recompute::run(a),
     }
 }

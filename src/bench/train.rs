@@ -155,6 +155,7 @@ pub(crate) const PEER_HYPER: StepHyper = StepHyper {
     weight_decay: 0.1,
     grad_clip: 1.0,
     grad_accum: 1,
+    moment_steps: 0,
 };
 
 /// One sequence of T+1 uniform random tokens from `rng`, written as inputs `x` and

@@ -159,6 +159,7 @@ fn run_stage(
         seq_len: a.seq_len,
         threads_per_rank: 1,
         fill,
+        recompute: Default::default(),
     };
     let rss_before = resident_bytes("VmRSS");
     let (comms, _endpoints) = ring(transport, world)?;

@@ -1,15 +1,22 @@
-//! `shoal data`: corpus preparation.
+//! `shoal data`: corpus preparation, tokenizer training and tokenization.
 //!
-//! `shoal data prepare --domain NAME=PATH[,PATH|GLOB...] ... --out DIR` normalizes, filters
-//! and deduplicates (exactly, then MinHash LSH across all domains) and prints a table per
-//! domain, the wall time and the throughput.
+//! - `shoal data prepare --domain NAME=PATH[,PATH|GLOB...] ... --out DIR` normalizes,
+//!   filters and deduplicates (exactly, then MinHash LSH across all domains) and prints a
+//!   table per domain, the wall time and the throughput.
+//! - `shoal data tokenizer train --corpus DIR [--domain NAME ...] --vocab-size N --out PATH`
+//!   trains a byte-level BPE on a prepared corpus (or `--input FILE ...`).
+//! - `shoal data tokenize --corpus DIR --tokenizer tokenizer.json|bytes --out OUTDIR` writes
+//!   each domain's train and validation shards and `manifest.json`, and prints a table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use shoal_data::prepare::{
     DedupConfig, DomainInput, FilterConfig, NormalizeConfig, PrepareConfig, expand_input, prepare,
+};
+use shoal_data::{
+    BpeConfig, PreparedCorpus, TokenizeConfig, Tokenizer, tokenize_corpus, train_bpe,
 };
 
 /// `shoal data` subcommands.
@@ -18,6 +25,66 @@ pub enum DataCommand {
     /// Normalize, filter and deduplicate a corpus (exact and MinHash LSH, global across
     /// domains) into DIR: DOMAIN.jsonl, dropped.jsonl, problems.jsonl, report.json.
     Prepare(PrepareArgs),
+    /// Tokenizers: `shoal data tokenizer train`.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Tokenize a prepared corpus into OUTDIR: DOMAIN.train.tok and DOMAIN.val.tok per
+    /// domain (split per document), the tokenizer, and manifest.json.
+    Tokenize(TokenizeArgs),
+}
+
+/// `shoal data tokenizer` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE (GPT-2 style, `<|endoftext|>` special) and save tokenizer.json.
+    Train(TrainTokenizerArgs),
+}
+
+/// Flags of `shoal data tokenizer train`.
+#[derive(Args, Debug)]
+pub struct TrainTokenizerArgs {
+    /// A prepared corpus (the output directory of `shoal data prepare`).
+    #[arg(long, value_name = "DIR", required_unless_present = "input")]
+    pub corpus: Option<PathBuf>,
+    /// Train on this domain of the corpus only; repeat for more (default: all).
+    #[arg(long = "domain", value_name = "NAME", requires = "corpus")]
+    pub domains: Vec<String>,
+    /// Train on these files instead of a corpus (.jsonl with a `text` field, .txt, either
+    /// gzip-compressed as .gz); repeat for more.
+    #[arg(long, value_name = "FILE", conflicts_with = "corpus")]
+    pub input: Vec<PathBuf>,
+    /// Vocabulary size, the 256 bytes and `<|endoftext|>` included (at least 257).
+    #[arg(long)]
+    pub vocab_size: usize,
+    /// Never merge a pair seen fewer times than this.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Where to write tokenizer.json (a file, or a directory to write it in).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+/// Flags of `shoal data tokenize`.
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// A prepared corpus (the output directory of `shoal data prepare`).
+    #[arg(long, value_name = "DIR")]
+    pub corpus: PathBuf,
+    /// Tokenize this domain only; repeat for more (default: all, in the corpus's order).
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domains: Vec<String>,
+    /// A Hugging Face tokenizer.json, or `bytes` for the byte-level tokenizer.
+    #[arg(long, value_name = "FILE|bytes")]
+    pub tokenizer: String,
+    /// Output directory (created if missing; existing shards are replaced).
+    #[arg(long, value_name = "OUTDIR")]
+    pub out: PathBuf,
+    /// Expected share of each domain's documents held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Seed of the per-document validation split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Flags of `shoal data prepare`.
@@ -90,7 +157,77 @@ fn parse_domain(spec: &str) -> Result<DomainInput> {
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Prepare(args) => run_prepare(args),
+        DataCommand::Tokenizer(TokenizerCommand::Train(args)) => run_train_tokenizer(args),
+        DataCommand::Tokenize(args) => run_tokenize(args),
     }
+}
+
+fn run_train_tokenizer(a: TrainTokenizerArgs) -> Result<()> {
+    let files = match &a.corpus {
+        Some(dir) => PreparedCorpus::open(dir, &a.domains)?.files(),
+        None => a.input.clone(),
+    };
+    let config = BpeConfig {
+        vocab_size: a.vocab_size,
+        min_frequency: a.min_frequency,
+    };
+    let report = train_bpe(&files, &config, &a.out)
+        .with_context(|| format!("training a tokenizer into {}", a.out.display()))?;
+    println!(
+        "trained a byte-level BPE of {} tokens on {} documents ({:.1} MB) from {} file(s) in {:.2} s",
+        report.vocab_size,
+        report.documents,
+        report.bytes as f64 / 1e6,
+        files.len(),
+        report.seconds
+    );
+    if report.vocab_size < a.vocab_size {
+        println!(
+            "(stopped below {}: no pair is seen {} times or more any more)",
+            a.vocab_size, a.min_frequency
+        );
+    }
+    println!("tokenizer in {}", report.path.display());
+    Ok(())
+}
+
+fn run_tokenize(a: TokenizeArgs) -> Result<()> {
+    let corpus = PreparedCorpus::open(&a.corpus, &a.domains)?;
+    let tokenizer = if a.tokenizer == "bytes" {
+        Tokenizer::bytes()
+    } else {
+        Tokenizer::from_file(Path::new(&a.tokenizer))?
+    };
+    let config = TokenizeConfig {
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+    };
+    let report = tokenize_corpus(&corpus, &tokenizer, &a.out, &config)
+        .with_context(|| format!("tokenizing into {}", a.out.display()))?;
+    print!("{}", report.table());
+    let m = &report.manifest;
+    let per_domain: Vec<String> = m
+        .domains()
+        .iter()
+        .zip(&report.domain_seconds)
+        .map(|(d, s)| format!("{} {s:.2} s", d.name))
+        .collect();
+    let bytes: u64 = m.domains().iter().map(|d| d.bytes).sum();
+    println!(
+        "tokenizer {} (vocabulary {}), validation fraction {}, seed {}",
+        a.tokenizer,
+        m.vocab_size(),
+        m.val_fraction(),
+        m.seed()
+    );
+    println!(
+        "{:.2} s ({}): {:.1} MB/s of text",
+        report.seconds,
+        per_domain.join(", "),
+        bytes as f64 / 1e6 / report.seconds.max(1e-9)
+    );
+    println!("manifest in {}", m.path().display());
+    Ok(())
 }
 
 fn run_prepare(a: PrepareArgs) -> Result<()> {

@@ -45,12 +45,19 @@ pub struct TrainArgs {
     /// A data domain and its files (.txt, .jsonl, .tok); repeat for more domains.
     #[arg(long, value_name = "DOMAIN=PATH[,PATH]")]
     pub data: Vec<String>,
+    /// Token shards written by `shoal data tokenize`: its output directory or manifest.json.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "data_builtin"])]
+    pub shards: Option<PathBuf>,
     /// A Hugging Face tokenizer.json for --data files (default: bytes).
     #[arg(long, value_name = "tokenizer.json")]
     pub tokenizer: Option<PathBuf>,
     /// Fraction of each domain held out for validation.
     #[arg(long)]
     pub val_fraction: Option<f64>,
+    /// Domain weights: uniform, natural (by training tokens) or a weights file (as
+    /// `shoal doremi` writes it).
+    #[arg(long, value_name = "uniform|natural|FILE")]
+    pub mixture: Option<shoal_data::MixtureWeights>,
     /// Sequences per micro-batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -112,6 +119,14 @@ pub struct TrainArgs {
     /// Arithmetic of the GPU's matrix products (fp32 accumulation always).
     #[arg(long, value_name = "fp32|tf32|bf16")]
     pub gpu_matmul: Option<String>,
+    /// Activation recomputation (CPU): none, selective or full on every layer, or
+    /// auto: the plan that fits --activation-budget and recomputes least.
+    #[arg(long, value_name = "none|selective|full|auto")]
+    pub recompute: Option<String>,
+    /// Bytes of activations each rank may hold (beside parameters, gradients and
+    /// optimizer state), e.g. 2GiB or 512MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub activation_budget: Option<String>,
     /// Start from these weights: a shoal checkpoint or a Hugging Face GPT-2 directory.
     #[arg(long, value_name = "DIR")]
     pub init: Option<PathBuf>,
@@ -131,6 +146,9 @@ pub struct TrainArgs {
     /// (Set by `--procs`.) Directory with the run's cluster certificates.
     #[arg(long, hide = true)]
     pub cluster: Option<PathBuf>,
+    /// Continual pretraining: re-warming, replay, moments.
+    #[command(flatten)]
+    pub continual: super::continual::ContinualArgs,
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
@@ -140,7 +158,7 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 }
 
 /// Parses `DOMAIN=PATH[,PATH...]`.
-fn parse_domain(spec: &str) -> Result<(String, Vec<PathBuf>)> {
+pub(crate) fn parse_domain(spec: &str) -> Result<(String, Vec<PathBuf>)> {
     let (name, paths) = spec
         .split_once('=')
         .with_context(|| format!("--data `{spec}`: expected DOMAIN=PATH[,PATH]"))?;
@@ -181,7 +199,7 @@ impl TrainArgs {
             }
             let val_fraction = match &c.data {
                 DataSpec::Files { val_fraction, .. } => *val_fraction,
-                DataSpec::Builtin { .. } => 0.1,
+                DataSpec::Builtin { .. } | DataSpec::Shards { .. } => 0.1,
             };
             c.data = DataSpec::Files {
                 domains,
@@ -189,7 +207,23 @@ impl TrainArgs {
                 val_fraction,
             };
         }
+        if let Some(manifest) = &self.shards {
+            c.data = DataSpec::Shards {
+                manifest: manifest.clone(),
+            };
+        }
         match &mut c.data {
+            DataSpec::Shards { .. } => {
+                if self.tokenizer.is_some()
+                    || self.tokens_per_domain.is_some()
+                    || self.val_fraction.is_some()
+                {
+                    bail!(
+                        "--shards brings its own tokenizer and validation split: \
+                         --tokenizer, --tokens-per-domain and --val-fraction do not apply"
+                    );
+                }
+            }
             DataSpec::Builtin {
                 tokens_per_domain,
                 val_fraction,
@@ -215,6 +249,7 @@ impl TrainArgs {
                 set(val_fraction, self.val_fraction);
             }
         }
+        set(&mut c.mixture, self.mixture.clone());
         set(&mut c.batch_size, self.batch_size);
         set(&mut c.seq_len, self.seq_len);
         set(&mut c.grad_accum, self.grad_accum);
@@ -235,11 +270,35 @@ impl TrainArgs {
         set(&mut c.zero, self.zero);
         set(&mut c.device, self.device.clone());
         set(&mut c.gpu_matmul, self.gpu_matmul.clone());
+        set(&mut c.recompute, self.recompute.clone());
+        if self.activation_budget.is_some() {
+            c.activation_budget = self.activation_budget.clone();
+        }
         if self.init.is_some() {
             c.init = self.init.clone();
         }
-        Ok(())
+        self.continual.apply(c)
     }
+}
+
+/// The configuration of a fresh run: `--config`'s file (read by the caller, or here when
+/// `file` is `None`) with the flags applied, validated unless `--init` names the model.
+pub fn fresh_config(args: &TrainArgs, file: Option<TrainConfig>) -> Result<TrainConfig> {
+    let file = match (file, &args.config) {
+        (Some(f), _) => Some(f),
+        (None, Some(path)) => Some(TrainConfig::from_toml_file(path)?),
+        (None, None) => None,
+    };
+    let mut config = file.unwrap_or_default();
+    args.apply(&mut config)?;
+    // Name the config file in validation errors, since most values come from it.
+    if config.init.is_none() {
+        config.validate().with_context(|| match &args.config {
+            Some(p) => format!("invalid training config (from {} and flags)", p.display()),
+            None => "invalid training config (from flags)".to_string(),
+        })?;
+    }
+    Ok(config)
 }
 
 /// Builds the trainer the flags describe: fresh, from `--init`, or resumed.
@@ -248,17 +307,8 @@ pub fn build_trainer(args: &TrainArgs) -> Result<Trainer> {
         Some(path) => Some(TrainConfig::from_toml_file(path)?),
         None => None,
     };
-    // Name the config file in validation errors, since most values come from it.
-    let origin = || match &args.config {
-        Some(p) => format!("invalid training config (from {} and flags)", p.display()),
-        None => "invalid training config (from flags)".to_string(),
-    };
     let Some(resume) = &args.resume else {
-        let mut config = file.unwrap_or_default();
-        args.apply(&mut config)?;
-        if config.init.is_none() {
-            config.validate().with_context(origin)?;
-        }
+        let config = fresh_config(args, file)?;
         if args.overwrite {
             remove_previous_run(&config.out_dir)?;
         }
@@ -360,9 +410,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             mib(m.optimizer)
         );
     }
+    for line in super::continual::describe(&trainer) {
+        eprintln!("{line}");
+    }
     let (summary, plot) = train_with_progress(&mut trainer)?;
     if let Some(procs) = procs {
         procs.wait()?;
+    }
+    if let Some(line) = super::continual::replayed_line(&trainer) {
+        println!("{line}");
     }
     if let Some(s) = &summary.last_step {
         println!(

@@ -43,7 +43,7 @@ pub struct Event {
     /// Committed steps when it happened.
     pub step: u64,
     /// `join`, `drain`, `failure`, `generation`, `ready`, `checkpoint`, `retry`,
-    /// `waiting`, `state lost`, `rewind`, `left`, `finished`.
+    /// `waiting`, `state lost`, `rewind`, `left`, `finished`, `recompute`.
     pub kind: String,
     /// What happened, for a person.
     pub detail: String,
@@ -74,6 +74,61 @@ pub struct Status {
     pub events: Vec<Event>,
     /// Whether the run is over.
     pub finished: bool,
+    /// The activation recomputation the ranks of the running generation use (none
+    /// when the coordinator cannot tell: the model comes from `init` weights).
+    #[serde(default)]
+    pub recompute: Option<RecomputeStatus>,
+}
+
+/// The recompute plan of a generation, as its world size makes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RecomputeStatus {
+    /// The world size it was chosen for.
+    pub world: u32,
+    /// Layers as runs of one policy, e.g. `0-1 full, 2-5 none`; empty when no plan
+    /// fits (see `error`).
+    pub plan: String,
+    /// Layers recomputed fully, selectively, not at all.
+    pub full: u32,
+    /// See `full`.
+    pub selective: u32,
+    /// See `full`.
+    pub none: u32,
+    /// Bytes of activations per rank under the plan.
+    pub activation_bytes: u64,
+    /// The activation budget per rank, if any.
+    pub budget_bytes: Option<u64>,
+    /// The recomputation as a fraction of a forward pass.
+    pub extra_forward: f64,
+    /// Why no plan fits, if none does.
+    pub error: Option<String>,
+}
+
+impl RecomputeStatus {
+    /// The status of planning for `world` ranks.
+    pub(crate) fn of(world: usize, planned: &Result<crate::recompute::RecomputeChoice>) -> Self {
+        match planned {
+            Ok(c) => {
+                let [none, selective, full] = c.plan.counts();
+                Self {
+                    world: world as u32,
+                    plan: c.plan.to_string(),
+                    full: full as u32,
+                    selective: selective as u32,
+                    none: none as u32,
+                    activation_bytes: c.activation_bytes,
+                    budget_bytes: c.budget,
+                    extra_forward: c.extra_forward(),
+                    error: None,
+                }
+            }
+            Err(e) => Self {
+                world: world as u32,
+                error: Some(e.to_string()),
+                ..Self::default()
+            },
+        }
+    }
 }
 
 /// Keeps the shared [`Status`] and the events file up to date.
@@ -134,6 +189,13 @@ impl Recorder {
         });
     }
 
+    /// Records the recompute plan of the running generation; returns the one before.
+    pub(crate) fn recompute(&mut self, status: Option<RecomputeStatus>) -> Option<RecomputeStatus> {
+        let mut before = None;
+        self.with(|s| before = std::mem::replace(&mut s.recompute, status));
+        before
+    }
+
     /// Forgets the losses of steps after `step` (they are done again).
     pub(crate) fn truncate(&mut self, step: u64) {
         self.with(|s| s.losses.retain(|&(k, _)| k <= step));
@@ -155,5 +217,40 @@ impl Recorder {
             s.finished = finished;
             s.members = members;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recompute::{PlanInputs, RecomputeMode, RecomputeSettings, plan_recompute};
+    use crate::zero::ZeroStage;
+
+    #[test]
+    fn the_recompute_plan_shows_in_the_status() {
+        let mut inputs = PlanInputs {
+            model: shoal_models::GptConfig::preset("small").unwrap(),
+            stage: ZeroStage::Replicated,
+            world: 2,
+            batch: 8,
+            seq_len: 256,
+            settings: RecomputeSettings {
+                mode: RecomputeMode::Fixed(shoal_models::Recompute::Full),
+                budget: Some(1 << 30),
+            },
+        };
+        let s = RecomputeStatus::of(2, &plan_recompute(&inputs));
+        assert_eq!((s.world, s.full, s.selective, s.none), (2, 6, 0, 0));
+        assert_eq!(s.plan, "0-5 full");
+        assert!(s.error.is_none() && s.activation_bytes <= 1 << 30);
+        inputs.settings.budget = Some(1000);
+        let s = RecomputeStatus::of(2, &plan_recompute(&inputs));
+        assert!(s.plan.is_empty() && s.error.unwrap().contains("activation_budget"));
+        // A snapshot from before the field existed still reads.
+        let old = serde_json::to_value(Status::default()).unwrap();
+        let mut old = old.as_object().unwrap().clone();
+        old.remove("recompute");
+        let back: Status = serde_json::from_value(old.into()).unwrap();
+        assert_eq!(back.recompute, None);
     }
 }

@@ -78,9 +78,11 @@ impl Trainer {
     /// What every rank of a ring of `world` runs.
     pub(super) fn node_spec(&self, world: usize) -> Result<NodeSpec> {
         let c = &self.config;
-        let (mixture, seed, t) = (self.data.mixture.clone(), c.seed, c.seq_len);
+        let t = c.seq_len;
+        // The same samples as a single-process run, replay included.
+        let sample = self.sampler();
         let fill: Fill = Arc::new(move |index, x, y| {
-            mixture.sample(seed, index, t, x, y)?;
+            sample(index, x, y)?;
             Ok(())
         });
         Ok(NodeSpec {
@@ -93,6 +95,7 @@ impl Trainer {
             seq_len: t,
             threads_per_rank: (c.resolved_threads() / world).max(1),
             fill,
+            recompute: crate::recompute::RecomputeSettings::from_config(c)?,
         })
     }
 
@@ -134,6 +137,8 @@ impl Trainer {
                 if step == first {
                     t.rank_memory = rank_memory(&node)?;
                 }
+                let samples: Vec<u64> = outs.iter().flat_map(|o| o.samples.clone()).collect();
+                t.count_consumed(&samples)?;
                 t.state.step += 1;
                 if needs_params_after(&t.config, t.state.step) {
                     t.state.params = node.params()?;

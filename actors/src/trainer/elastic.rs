@@ -152,13 +152,16 @@ impl Trainer {
         held: Option<&Held>,
     ) -> Result<()> {
         match &plan.restore {
-            Restore::Fresh => {
-                let params = match &self.config.init {
-                    Some(path) => super::load_weights(path)?.1,
-                    None => self.model.init_params(self.config.seed),
-                };
-                self.state = TrainState::new(params);
-            }
+            Restore::Fresh => match &self.config.init {
+                Some(path) => {
+                    let init = crate::continual::load_init(path, self.config.reset_moments)?;
+                    self.state = TrainState::new(init.params);
+                    if let Some((m, v)) = init.moments {
+                        (self.state.adam_m, self.state.adam_v) = (m, v);
+                    }
+                }
+                None => self.state = TrainState::new(self.model.init_params(self.config.seed)),
+            },
             Restore::Checkpoint => {
                 let (dir, ckpt) = load_checkpoint(&self.config.out_dir)?;
                 if ckpt.meta.step != plan.step {
@@ -173,6 +176,10 @@ impl Trainer {
                 self.state = TrainState::new(ckpt.params);
                 self.state.adam_m = ckpt.adam_m;
                 self.state.adam_v = ckpt.adam_v;
+                self.state.step = plan.step;
+                // The schedule resumes from the tokens the checkpoint consumed.
+                self.tokens_seen = ckpt.meta.tokens_seen;
+                return Ok(());
             }
             Restore::Pieces { world, contribute } => {
                 let len = self.model.layout.len();
@@ -192,6 +199,9 @@ impl Trainer {
                 self.state.adam_v = full.adam_v;
             }
         }
+        // Every generation of a run steps the same global batch from step 0, so the
+        // committed step fixes the tokens consumed, and with them the schedule's
+        // position, whatever the world size.
         self.state.step = plan.step;
         self.tokens_seen = plan.step * self.config.tokens_per_step();
         Ok(())

@@ -61,6 +61,7 @@ impl FakeCluster {
                     event(13.5, 20, "generation", "generation 3: 2 ranks"),
                 ],
                 finished: false,
+                recompute: None,
             },
             drained: Mutex::new(Vec::new()),
         }

@@ -30,6 +30,7 @@
 
 mod tile;
 
+pub mod naive;
 pub mod reference;
 #[cfg(test)]
 mod tests;
