@@ -140,7 +140,7 @@ impl WeightsFile {
     /// non-negative with a positive sum.
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let size = std::fs::metadata(path)
-            .map_err(|e| DataError::io(path, e))?
+            .map_err(|e| weights_error(path, e.to_string()))?
             .len();
         if size > MAX_WEIGHTS_FILE {
             return Err(weights_error(
@@ -148,7 +148,8 @@ impl WeightsFile {
                 format!("is {size} bytes; at most 1 MiB"),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| weights_error(path, e.to_string()))?;
         let file: WeightsFile =
             serde_json::from_str(&text).map_err(|e| weights_error(path, e.to_string()))?;
         let values: Vec<f64> = file.weights.values().copied().collect();
@@ -246,6 +247,8 @@ mod tests {
             assert!(err.to_string().contains("w.json"), "{bad}: {err}");
         }
         let missing = MixtureWeights::File(dir.path().join("none.json"));
-        assert!(matches!(missing.resolve(&m), Err(DataError::Io { .. })));
+        let err = missing.resolve(&m).unwrap_err();
+        assert!(err.to_string().contains("weights file"), "{err}");
+        assert!(err.to_string().contains("none.json"), "{err}");
     }
 }
