@@ -214,10 +214,41 @@ pub struct Panel {
     pub title: String,
     /// The curves.
     pub curves: Vec<(String, Series, RGBColor)>,
+    /// Whether the panel has a y axis of its own rather than the one all share.
+    pub own_y: bool,
 }
 
-/// Draws `panels` in a grid of `columns`, all on the same axes (x: `x_desc`, y: loss),
-/// into the SVG file `out`.
+/// The y range of `panels`: from the lowest point to the highest after each curve's
+/// first, padded.
+fn y_range<'a>(panels: impl Iterator<Item = &'a Panel> + Clone) -> (f64, f64) {
+    let curves = panels.flat_map(|p| &p.curves);
+    let finite = |y: &f64| y.is_finite();
+    let lo = curves
+        .clone()
+        .flat_map(|c| &c.1)
+        .map(|p| p.1)
+        .filter(finite)
+        .fold(f64::INFINITY, f64::min);
+    let hi = curves
+        .flat_map(|c| c.1.iter().skip(usize::from(c.1.len() > 1)))
+        .map(|p| p.1)
+        .filter(finite)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi.is_finite() {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    ((lo - pad).max(0.0), hi + pad)
+}
+
+/// Draws `panels` in a grid of `columns`, on the same axes (x: `x_desc`, y: loss)
+/// unless a panel has its own y axis, into the SVG file `out`.
+///
+/// A curve's first point does not stretch the y axis (a continual run starts far
+/// above where it goes, on data its model has not seen): it is drawn clipped at the
+/// top when it is above every later point.
 pub fn plot_panels(
     panels: &[Panel],
     columns: usize,
@@ -237,14 +268,7 @@ fn draw_panels(
     out: &Path,
 ) -> Result<()> {
     let points = || panels.iter().flat_map(|p| &p.curves).flat_map(|c| &c.1);
-    let (lo, hi) = points()
-        .map(|p| p.1)
-        .filter(|y| y.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
-            (lo.min(y), hi.max(y))
-        });
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let shared = y_range(panels.iter().filter(|p| !p.own_y));
     let (min_x, max_x) = points()
         .map(|p| p.0)
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
@@ -262,12 +286,17 @@ fn draw_panels(
     let root = root.titled(caption, ("sans-serif", 22))?;
     let areas = root.split_evenly((rows, columns));
     for (panel, area) in panels.iter().zip(&areas) {
+        let (lo, top) = if panel.own_y {
+            y_range(std::iter::once(panel))
+        } else {
+            shared
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 15))
             .margin(8)
             .x_label_area_size(32)
             .y_label_area_size(44)
-            .build_cartesian_2d(min_x..max_x, (lo - pad).max(0.0)..hi + pad)?;
+            .build_cartesian_2d(min_x..max_x, lo..top)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
@@ -279,7 +308,7 @@ fn draw_panels(
             let color = *color;
             chart
                 .draw_series(LineSeries::new(
-                    series.iter().copied(),
+                    series.iter().map(|&(x, y)| (x, y.min(top))),
                     color.stroke_width(2),
                 ))?
                 .label(label.as_str())
@@ -350,10 +379,12 @@ mod tests {
             Panel {
                 title: "a".into(),
                 curves: vec![("down".into(), vec![(0.0, 3.0), (1.0, 2.0)], DOWNSTREAM)],
+                own_y: false,
             },
             Panel {
                 title: "b".into(),
                 curves: vec![("up".into(), vec![(0.0, 1.0), (1.0, 1.5)], UPSTREAM)],
+                own_y: true,
             },
         ];
         let grid = dir.path().join("grid.svg");

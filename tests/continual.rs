@@ -197,10 +197,19 @@ fn replay_draws_its_share_on_every_zero_stage_at_the_same_rates() {
     // Per domain consumed samples, learning-rate bits and losses of the first config.
     type Run = (Vec<(String, u64)>, Vec<u32>, Vec<f32>);
     let mut reference: Option<Run> = None;
-    for (ranks, zero) in [(1, 0), (2, 0), (2, 1), (2, 2), (2, 3)] {
-        let mut c = replay_config(&tmp.path().join(format!("r{ranks}z{zero}")));
+    // (ranks, ZeRO stage, accumulation): the same 8-sequence global batch each time.
+    for (ranks, zero, accum) in [
+        (1, 0, 1),
+        (1, 0, 2),
+        (2, 0, 1),
+        (2, 1, 1),
+        (2, 2, 2),
+        (2, 3, 1),
+    ] {
+        let mut c = replay_config(&tmp.path().join(format!("r{ranks}z{zero}a{accum}")));
         c.ranks = ranks;
         c.zero = zero;
+        (c.batch_size, c.grad_accum) = (8 / accum, accum);
         let mut trainer = Trainer::new(c.clone()).unwrap();
         let mut steps = Steps::default();
         trainer.run(&mut steps).unwrap();
@@ -226,8 +235,8 @@ fn replay_draws_its_share_on_every_zero_stage_at_the_same_rates() {
         match &reference {
             None => reference = Some((consumed, lrs, losses)),
             Some((consumed0, lrs0, losses0)) => {
-                assert_eq!(&consumed, consumed0, "ranks {ranks} zero {zero}");
-                assert_eq!(&lrs, lrs0, "ranks {ranks} zero {zero}: rates");
+                assert_eq!(&consumed, consumed0, "ranks {ranks} zero {zero} accum {accum}");
+                assert_eq!(&lrs, lrs0, "ranks {ranks} zero {zero} accum {accum}: rates");
                 for (a, b) in losses.iter().zip(losses0) {
                     assert!((a - b).abs() <= 1e-4 * b.abs(), "zero {zero}: {a} vs {b}");
                 }
@@ -480,4 +489,20 @@ tokens_per_domain = 6000
     }
     // The warm-up, the stable part and the decay all happened.
     assert!(want_lr[0] < want_lr[3] && want_lr[3] == want_lr[9] && want_lr[19] < want_lr[9]);
+}
+
+#[test]
+fn the_readme_continual_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Continual pretraining").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + 8;
+    let len = section[start..].find("```").unwrap();
+    let c = TrainConfig::from_toml_str(&section[start..start + len], Path::new("README")).unwrap();
+    c.validate().unwrap();
+    let phase = &c.schedule.as_ref().unwrap().phases[0];
+    // The schedule spans the run, its warm-up 1% of it, as the comments say.
+    assert_eq!(phase.tokens, c.max_steps * c.tokens_per_step());
+    assert_eq!(phase.warmup_tokens * 100, phase.tokens);
+    assert_eq!(c.replay.as_ref().unwrap().fraction, 0.05);
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_actors::{
     DataSpec, Decay, EvalStats, MetricsRecord, ModelSpec, ReplaySpec, Schedule, StepStats,
     TrainConfig, TrainObserver, Trainer, final_lr, read_metrics, resolve_checkpoint_dir,
@@ -91,9 +91,13 @@ pub struct RewarmArgs {
     /// Compute threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Run only the variants with these names (the pretraining is reused when present).
+    /// Train only the variants with these names; the report also takes in the other
+    /// variants' finished runs (the pretraining is reused when present).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Train nothing: rebuild the table and the plot from the finished runs.
+    #[arg(long, conflicts_with_all = ["only", "overwrite"])]
+    pub report_only: bool,
     /// Start over: delete the runs of an earlier invocation in --out-dir.
     #[arg(long)]
     pub overwrite: bool,
@@ -107,7 +111,7 @@ pub fn run(c: ExperimentCommand) -> Result<()> {
 }
 
 /// One continual variant.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Variant {
     name: String,
     /// Learning-rate description for the table.
@@ -120,7 +124,7 @@ struct Variant {
 }
 
 /// What one variant measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Outcome {
     variant: Variant,
     /// Mean validation loss on the downstream (new) data at the start, at ~10% of the
@@ -349,6 +353,7 @@ fn plot(outcomes: &[Outcome], out: &Path) -> Result<()> {
                 ("downstream (new)".into(), series(o, |c| c.1), DOWNSTREAM),
                 ("upstream (old)".into(), series(o, |c| c.2), UPSTREAM),
             ],
+            own_y: false,
         })
         .collect();
     let palette = [
@@ -382,13 +387,16 @@ fn plot(outcomes: &[Outcome], out: &Path) -> Result<()> {
                     )
                 })
                 .collect(),
+            // Its own axis: the variants differ by less than the shared axis spans.
+            own_y: true,
         });
     }
     plot_panels(
         &panels,
         3,
         "continual step",
-        "continual pretraining: mean validation loss (nats/byte)",
+        "continual pretraining: mean validation loss (nats/byte; a start above the axis is \
+         clipped; the last two panels have axes of their own)",
         out,
     )
 }
@@ -418,6 +426,11 @@ fn rewarm(a: &RewarmArgs) -> Result<()> {
             eprintln!("pretraining: reusing {}", dir.display());
             dir
         }
+        _ if a.report_only => bail!(
+            "--report-only: no pretraining of {} steps in {}",
+            a.pretrain_steps,
+            pre_dir.display()
+        ),
         _ => {
             if pre_dir.exists() {
                 std::fs::remove_dir_all(&pre_dir)
@@ -444,21 +457,35 @@ fn rewarm(a: &RewarmArgs) -> Result<()> {
     let final_rate = final_lr(&pre_meta).context("the pretraining checkpoint has no schedule")?;
 
     let all = variants(a, final_rate);
-    let chosen: Vec<Variant> = all
-        .iter()
-        .filter(|v| a.only.is_empty() || a.only.contains(&v.name))
-        .cloned()
-        .collect();
-    if chosen.is_empty() {
+    if let Some(name) = a.only.iter().find(|n| !all.iter().any(|v| &v.name == *n)) {
         let known: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
         bail!(
-            "--only names no variant; the variants are {}",
+            "--only: there is no variant `{name}`; the variants are {}",
             known.join(", ")
         );
     }
+    // Wall-clock seconds of the runs an earlier invocation reported.
+    let json_path = a.out_dir.join("results.json");
+    let earlier: Vec<Outcome> = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
     let mut outcomes = Vec::new();
-    for v in chosen {
+    for v in all {
         let dir = a.out_dir.join(&v.name);
+        let wanted = !a.report_only && (a.only.is_empty() || a.only.contains(&v.name));
+        if !wanted {
+            let done = curve(&dir.join("metrics.jsonl"))
+                .is_ok_and(|c| c.last().is_some_and(|l| l.0 == a.steps));
+            if done {
+                let seconds = earlier
+                    .iter()
+                    .find(|o| o.variant.name == v.name)
+                    .map_or(f64::NAN, |o| o.seconds);
+                outcomes.push(outcome(v, &dir, a.steps, seconds)?);
+            }
+            continue;
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
@@ -500,6 +527,9 @@ fn rewarm(a: &RewarmArgs) -> Result<()> {
         outcomes.push(outcome(v, &dir, a.steps, seconds)?);
     }
 
+    if outcomes.is_empty() {
+        bail!("no finished variant in {}", a.out_dir.display());
+    }
     let pretrain = format!(
         "{} ({} steps on {}, final rate {final_rate:.1e})",
         pre_ckpt.display(),
@@ -509,7 +539,6 @@ fn rewarm(a: &RewarmArgs) -> Result<()> {
     let md = table(&outcomes, a, &pretrain);
     let md_path = a.out_dir.join("results.md");
     std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
-    let json_path = a.out_dir.join("results.json");
     let json = serde_json::to_string_pretty(&outcomes)?;
     std::fs::write(&json_path, json)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
