@@ -14,6 +14,11 @@
 //! machine, only on the shapes. (Replicas beyond the first also hold a private
 //! gradient buffer each, at ZeRO stages 0 and 1: gradients, outside the budget.)
 //!
+//! Not counted: the kernels' transient scratch inside a pass, chiefly the attention
+//! backward's per-thread buffers, 7·T·hs floats per compute thread (hs rounded up to
+//! 16), which at batch 1 and T = 24,780 on 2 threads is 87 MiB, 2% of a 4 GiB budget
+//! (`shoal bench recompute --sections longest` measures it).
+//!
 //! Every rank of a ring runs the same plan, chosen for the busiest rank (⌈B/W⌉ rows
 //! of the global micro-batch B): the slowest rank sets the pace of a synchronous
 //! step, so a lighter plan on a rank with fewer rows would not make the step faster.

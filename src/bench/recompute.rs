@@ -46,8 +46,8 @@ pub struct BenchRecomputeArgs {
     /// (B, T) shapes of the step-time table, as BxT.
     #[arg(long, value_delimiter = ',', default_value = "8x128,4x512,1x2048")]
     pub step_shapes: Vec<String>,
-    /// Timed steps per policy and shape (after one untimed).
-    #[arg(long, default_value_t = 3)]
+    /// Timed steps per policy and shape (after one untimed), interleaved.
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Sequence lengths of the attention table.
     #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048,4096")]
