@@ -235,7 +235,10 @@ fn replay_draws_its_share_on_every_zero_stage_at_the_same_rates() {
         match &reference {
             None => reference = Some((consumed, lrs, losses)),
             Some((consumed0, lrs0, losses0)) => {
-                assert_eq!(&consumed, consumed0, "ranks {ranks} zero {zero} accum {accum}");
+                assert_eq!(
+                    &consumed, consumed0,
+                    "ranks {ranks} zero {zero} accum {accum}"
+                );
                 assert_eq!(&lrs, lrs0, "ranks {ranks} zero {zero} accum {accum}: rates");
                 for (a, b) in losses.iter().zip(losses0) {
                     assert!((a - b).abs() <= 1e-4 * b.abs(), "zero {zero}: {a} vs {b}");

@@ -637,7 +637,10 @@ mod tests {
         assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
         let d = TrainConfig::default();
         assert_eq!((d.recompute.as_str(), d.activation_budget), ("auto", None));
-        let e = parse("recompute = \"most\"\n").unwrap().validate().unwrap_err();
+        let e = parse("recompute = \"most\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("recompute"), "{e}");
         let e = parse("activation_budget = \"2 parsecs\"\n")
             .unwrap()

@@ -73,10 +73,12 @@ pub fn run_doremi(spec: &DoremiSpec, observer: &mut dyn TrainObserver) -> Result
             let mut config = spec.config.clone();
             config.out_dir = root.join("reference");
             let summary = Trainer::new(config)?.run(observer)?;
-            summary.checkpoint.ok_or_else(|| TrainError::InvalidConfig {
-                field: "max_steps",
-                reason: "the reference run took no step, so there is no reference".into(),
-            })?
+            summary
+                .checkpoint
+                .ok_or_else(|| TrainError::InvalidConfig {
+                    field: "max_steps",
+                    reason: "the reference run took no step, so there is no reference".into(),
+                })?
         }
     };
     let (reference_model, reference_params) = load_weights(&reference)?;
@@ -128,7 +130,11 @@ pub fn run_doremi(spec: &DoremiSpec, observer: &mut dyn TrainObserver) -> Result
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    file.weights = domains.iter().cloned().zip(average.iter().copied()).collect();
+    file.weights = domains
+        .iter()
+        .cloned()
+        .zip(average.iter().copied())
+        .collect();
     let about = [
         ("method", "doremi".into()),
         ("reference", reference.display().to_string().into()),
@@ -139,10 +145,7 @@ pub fn run_doremi(spec: &DoremiSpec, observer: &mut dyn TrainObserver) -> Result
         ("step_size", spec.step_size.into()),
         ("smoothing", spec.smoothing.into()),
     ];
-    file.about = about
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    file.about = about.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     file.save(&weights_file)?;
     Ok(DoremiResult {
         domains,
@@ -165,7 +168,11 @@ fn dro_line<'a>(names: &[&'a str], s: &DroStep) -> DroLine<'a> {
     DroLine {
         step: s.stats.step,
         loss: s.stats.loss,
-        weights: names.iter().copied().zip(s.weights.iter().copied()).collect(),
+        weights: names
+            .iter()
+            .copied()
+            .zip(s.weights.iter().copied())
+            .collect(),
         excess: present(&s.excess),
         proxy_loss: present(&s.proxy_loss),
         reference_loss: present(&s.reference_loss),
@@ -319,8 +326,14 @@ mod tests {
 
     #[test]
     fn comparison_finds_when_the_baseline_is_reached() {
-        let base = curve("baseline", &[(0, [5.0, 5.0]), (10, [3.0, 2.0]), (20, [2.0, 2.0])]);
-        let other = curve("doremi", &[(0, [5.0, 5.0]), (10, [2.0, 2.0]), (20, [1.5, 2.1])]);
+        let base = curve(
+            "baseline",
+            &[(0, [5.0, 5.0]), (10, [3.0, 2.0]), (20, [2.0, 2.0])],
+        );
+        let other = curve(
+            "doremi",
+            &[(0, [5.0, 5.0]), (10, [2.0, 2.0]), (20, [1.5, 2.1])],
+        );
         let never = curve("bad", &[(0, [5.0, 5.0]), (20, [3.0, 3.0])]);
         let c = Comparison::of(&[base, other, never]).unwrap();
         assert_eq!(c.domains, vec!["a", "b"]);

@@ -150,7 +150,11 @@ pub fn train_step(
 }
 
 /// Global gradient norm, clipping and the AdamW update; returns the norm before clipping.
-pub(crate) fn optimizer_update(state: &mut TrainState, spans: &[DecaySpan], hp: &StepHyper) -> Result<f32> {
+pub(crate) fn optimizer_update(
+    state: &mut TrainState,
+    spans: &[DecaySpan],
+    hp: &StepHyper,
+) -> Result<f32> {
     let grad_norm = shoal_kernels::sum_of_squares(&state.grads).sqrt() as f32;
     if hp.grad_clip > 0.0 {
         let coef = shoal_kernels::clip_coefficient(grad_norm, hp.grad_clip);

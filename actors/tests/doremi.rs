@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use shoal_actors::{DataSpec, DoremiSpec, ModelSpec, NoopObserver, TrainConfig, Trainer, run_doremi};
+use shoal_actors::{
+    DataSpec, DoremiSpec, ModelSpec, NoopObserver, TrainConfig, Trainer, run_doremi,
+};
 use shoal_data::{MixtureWeights, WeightsFile};
 
 fn config(out: &Path) -> TrainConfig {

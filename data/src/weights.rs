@@ -148,8 +148,7 @@ impl WeightsFile {
                 format!("is {size} bytes; at most 1 MiB"),
             ));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| weights_error(path, e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| weights_error(path, e.to_string()))?;
         let file: WeightsFile =
             serde_json::from_str(&text).map_err(|e| weights_error(path, e.to_string()))?;
         let values: Vec<f64> = file.weights.values().copied().collect();

@@ -139,14 +139,23 @@ fn sequence_weights_weigh_each_sequence_of_the_loss() {
     let grad = |b: usize, weights: Option<&[f32]>| {
         let mut acts = Activations::new(&gpt.config, b, t).unwrap();
         acts.set_sequence_weights(weights).unwrap();
-        gpt.forward(&params, &mut acts, &tokens[..b * t], Some(&targets[..b * t]))
-            .unwrap();
+        gpt.forward(
+            &params,
+            &mut acts,
+            &tokens[..b * t],
+            Some(&targets[..b * t]),
+        )
+        .unwrap();
         let mut g = vec![0.0f32; gpt.num_params()];
         gpt.backward(&params, &mut acts, &mut g, 1.0).unwrap();
         g
     };
     let close = |a: &[f32], b: &[f32]| {
-        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let err = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
         assert!(err <= 1e-5 * scale.max(1.0), "max difference {err:e}");
     };

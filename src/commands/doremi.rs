@@ -99,7 +99,10 @@ fn doremi_run(args: RunArgs) -> Result<()> {
     let result = run_doremi(&spec, &mut progress);
     progress.finish();
     let r = result?;
-    println!("{:<16} {:>9} {:>9} {:>9}", "domain", "baseline", "doremi", "last");
+    println!(
+        "{:<16} {:>9} {:>9} {:>9}",
+        "domain", "baseline", "doremi", "last"
+    );
     for (i, name) in r.domains.iter().enumerate() {
         println!(
             "{name:<16} {:>9.4} {:>9.4} {:>9.4}",

@@ -62,13 +62,22 @@ impl GroupDro {
     ) -> Result<Self> {
         let invalid = |field, reason: String| TrainError::InvalidConfig { field, reason };
         if domains == 0 {
-            return Err(invalid("data", "Group DRO needs at least one domain".into()));
+            return Err(invalid(
+                "data",
+                "Group DRO needs at least one domain".into(),
+            ));
         }
         if !(step_size.is_finite() && step_size > 0.0) {
-            return Err(invalid("step_size", format!("must be positive, got {step_size}")));
+            return Err(invalid(
+                "step_size",
+                format!("must be positive, got {step_size}"),
+            ));
         }
         if !(0.0..=1.0).contains(&smoothing) {
-            return Err(invalid("smoothing", format!("must be in [0, 1], got {smoothing}")));
+            return Err(invalid(
+                "smoothing",
+                format!("must be in [0, 1], got {smoothing}"),
+            ));
         }
         let reference = Gpt::new(reference)?;
         if reference_params.len() != reference.num_params() {
@@ -170,11 +179,15 @@ impl Trainer {
             return Err(unsupported("runs on one CPU rank only"));
         }
         if c.grad_accum != 1 {
-            return Err(unsupported("takes no gradient accumulation (grad_accum = 1)"));
+            return Err(unsupported(
+                "takes no gradient accumulation (grad_accum = 1)",
+            ));
         }
         let k = self.data.mixture.domains.len();
         if dro.weights.len() != k {
-            return Err(unsupported("has a different number of domains than its weights"));
+            return Err(unsupported(
+                "has a different number of domains than its weights",
+            ));
         }
         let start = std::time::Instant::now();
         let (b, t, seed) = (c.batch_size, c.seq_len, c.seed);
