@@ -25,19 +25,50 @@ pub use recompute::{ActivationBytes, Recompute, RecomputePlan};
 
 /// Ranges of one block's tensors in the flat buffer.
 #[derive(Clone, Debug)]
-struct BlockRanges {
-    ln1_w: Range<usize>,
-    ln1_b: Range<usize>,
-    qkv_w: Range<usize>,
-    qkv_b: Range<usize>,
-    attproj_w: Range<usize>,
-    attproj_b: Range<usize>,
-    ln2_w: Range<usize>,
-    ln2_b: Range<usize>,
-    fc_w: Range<usize>,
-    fc_b: Range<usize>,
-    fcproj_w: Range<usize>,
-    fcproj_b: Range<usize>,
+pub(crate) struct BlockRanges {
+    pub(crate) ln1_w: Range<usize>,
+    pub(crate) ln1_b: Range<usize>,
+    pub(crate) qkv_w: Range<usize>,
+    pub(crate) qkv_b: Range<usize>,
+    pub(crate) attproj_w: Range<usize>,
+    pub(crate) attproj_b: Range<usize>,
+    pub(crate) ln2_w: Range<usize>,
+    pub(crate) ln2_b: Range<usize>,
+    pub(crate) fc_w: Range<usize>,
+    pub(crate) fc_b: Range<usize>,
+    pub(crate) fcproj_w: Range<usize>,
+    pub(crate) fcproj_b: Range<usize>,
+}
+
+impl BlockRanges {
+    /// The ranges of every block of `layout`'s model, first to last.
+    pub(crate) fn all(layout: &ParamLayout, n_layer: usize) -> Vec<Self> {
+        let r = |name: &str| -> Range<usize> {
+            layout
+                .get(name)
+                .map(|t| t.range())
+                .expect("layout holds every GPT tensor")
+        };
+        (0..n_layer)
+            .map(|l| {
+                let p = |s: &str| r(&format!("h.{l}.{s}"));
+                BlockRanges {
+                    ln1_w: p("ln_1.weight"),
+                    ln1_b: p("ln_1.bias"),
+                    qkv_w: p("attn.c_attn.weight"),
+                    qkv_b: p("attn.c_attn.bias"),
+                    attproj_w: p("attn.c_proj.weight"),
+                    attproj_b: p("attn.c_proj.bias"),
+                    ln2_w: p("ln_2.weight"),
+                    ln2_b: p("ln_2.bias"),
+                    fc_w: p("mlp.c_fc.weight"),
+                    fc_b: p("mlp.c_fc.bias"),
+                    fcproj_w: p("mlp.c_proj.weight"),
+                    fcproj_b: p("mlp.c_proj.bias"),
+                }
+            })
+            .collect()
+    }
 }
 
 /// A GPT-2 architecture: configuration plus the layout of its flat parameter buffer.
@@ -65,25 +96,7 @@ impl Gpt {
                 .map(|t| t.range())
                 .expect("layout holds every GPT tensor")
         };
-        let blocks = (0..config.n_layer)
-            .map(|l| {
-                let p = |s: &str| r(&format!("h.{l}.{s}"));
-                BlockRanges {
-                    ln1_w: p("ln_1.weight"),
-                    ln1_b: p("ln_1.bias"),
-                    qkv_w: p("attn.c_attn.weight"),
-                    qkv_b: p("attn.c_attn.bias"),
-                    attproj_w: p("attn.c_proj.weight"),
-                    attproj_b: p("attn.c_proj.bias"),
-                    ln2_w: p("ln_2.weight"),
-                    ln2_b: p("ln_2.bias"),
-                    fc_w: p("mlp.c_fc.weight"),
-                    fc_b: p("mlp.c_fc.bias"),
-                    fcproj_w: p("mlp.c_proj.weight"),
-                    fcproj_b: p("mlp.c_proj.bias"),
-                }
-            })
-            .collect();
+        let blocks = BlockRanges::all(&layout, config.n_layer);
         Ok(Self {
             wte: r("wte.weight"),
             wpe: r("wpe.weight"),

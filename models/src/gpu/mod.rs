@@ -11,6 +11,7 @@ use std::ops::Range;
 use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu};
 use shoal_kernels::{AdamW, DecaySpan, WeightLayout, clip_coefficient};
 
+use crate::gpt::BlockRanges;
 use crate::parts::check_len;
 use crate::{GptConfig, ModelError, ParamLayout};
 
@@ -27,22 +28,6 @@ pub enum GpuModelError {
     /// The GPU failed.
     #[error(transparent)]
     Cuda(#[from] CudaError),
-}
-
-/// Ranges of one block's tensors in the flat buffer.
-struct BlockRanges {
-    ln1_w: Range<usize>,
-    ln1_b: Range<usize>,
-    qkv_w: Range<usize>,
-    qkv_b: Range<usize>,
-    attproj_w: Range<usize>,
-    attproj_b: Range<usize>,
-    ln2_w: Range<usize>,
-    ln2_b: Range<usize>,
-    fc_w: Range<usize>,
-    fc_b: Range<usize>,
-    fcproj_w: Range<usize>,
-    fcproj_b: Range<usize>,
 }
 
 /// One block's activations on the device, kept from forward for backward.
@@ -124,25 +109,7 @@ impl GpuGpt {
         let layout = ParamLayout::new(&config);
         check_len("params", layout.len(), params.len())?;
         let r = |name: &str| layout.get(name).map(|t| t.range()).expect("GPT tensor");
-        let blocks = (0..config.n_layer)
-            .map(|l| {
-                let p = |s: &str| r(&format!("h.{l}.{s}"));
-                BlockRanges {
-                    ln1_w: p("ln_1.weight"),
-                    ln1_b: p("ln_1.bias"),
-                    qkv_w: p("attn.c_attn.weight"),
-                    qkv_b: p("attn.c_attn.bias"),
-                    attproj_w: p("attn.c_proj.weight"),
-                    attproj_b: p("attn.c_proj.bias"),
-                    ln2_w: p("ln_2.weight"),
-                    ln2_b: p("ln_2.bias"),
-                    fc_w: p("mlp.c_fc.weight"),
-                    fc_b: p("mlp.c_fc.bias"),
-                    fcproj_w: p("mlp.c_proj.weight"),
-                    fcproj_b: p("mlp.c_proj.bias"),
-                }
-            })
-            .collect();
+        let blocks = BlockRanges::all(&layout, config.n_layer);
         let (n, c, nh, v) = (b * t, config.n_embd, config.n_head, config.vocab_size);
         let z = |len: usize| gpu.zeros::<f32>(len);
         let acts = (0..config.n_layer)
