@@ -177,6 +177,27 @@ impl GpuGpt {
         Ok(gpu.download(&self.grads)?)
     }
 
+    /// Copies the gradients into `out` (as long as the parameters), e.g. a data-parallel
+    /// rank's host buffer that its collectives then reduce.
+    pub fn grads_into(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), GpuModelError> {
+        check_len("grads", self.grads.len(), out.len())?;
+        gpu.stream()
+            .memcpy_dtoh(&self.grads, out)
+            .map_err(CudaError::from)?;
+        gpu.synchronize()?;
+        Ok(())
+    }
+
+    /// Replaces the parameters with `params` (in [`ParamLayout`] order), e.g. those a
+    /// data-parallel rank's optimizer shard just updated on the host.
+    pub fn set_params(&mut self, gpu: &Gpu, params: &[f32]) -> Result<(), GpuModelError> {
+        check_len("params", self.params.len(), params.len())?;
+        gpu.stream()
+            .memcpy_htod(params, &mut self.params)
+            .map_err(CudaError::from)?;
+        Ok(())
+    }
+
     /// The AdamW first and second moments, copied back to the host.
     pub fn moments(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>), GpuModelError> {
         Ok((gpu.download(&self.m)?, gpu.download(&self.v)?))
