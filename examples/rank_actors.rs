@@ -165,6 +165,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ranks.push(RankArgs {
             model: model.clone(),
             compute: Some(Replicas::new(&config, rows.len(), SEQ, 1)?),
+            gpu: None,
             comm,
             zero,
             // Stage 3 keeps no whole copy of the parameters.

@@ -70,8 +70,9 @@ pub struct TrainConfig {
     /// Start from these weights (a shoal checkpoint or a Hugging Face GPT-2 directory)
     /// instead of a random initialisation; the architecture then comes from there.
     pub init: Option<PathBuf>,
-    /// Where the steps run: `cpu`, or `cuda` / `cuda:N` (GPU N, one rank only; needs
-    /// a binary built with the `cuda` feature). See [`Device`].
+    /// Where the steps run: `cpu`, or `cuda` / `cuda:N` (needs a binary built with
+    /// the `cuda` feature). One rank trains on GPU N; data-parallel ranks (ZeRO 0
+    /// and 1) go round the host's GPUs from N. See [`Device`].
     pub device: String,
     /// Arithmetic of the GPU's matrix products: `fp32` (exact), `tf32` (tensor cores,
     /// 10-bit mantissa inputs) or `bf16` (bf16 inputs); fp32 accumulation always.
@@ -388,15 +389,10 @@ impl TrainConfig {
             ));
         }
         if let Device::Cuda(_) = self.device()? {
-            if self.ranks > 1 {
-                return Err(invalid(
-                    "device",
-                    format!(
-                        "`{}` with ranks = {}: training on several GPUs is not yet supported \
-                         (use one rank per GPU run, or device = \"cpu\")",
-                        self.device, self.ranks
-                    ),
-                ));
+            if self.ranks > 1 && self.zero >= 2 {
+                return Err(crate::rank::gpu_stage(crate::zero::ZeroStage::from_number(
+                    self.zero,
+                )?));
             }
             if !cfg!(feature = "cuda") {
                 return Err(built_without_cuda(&self.device));
@@ -612,19 +608,21 @@ mod tests {
 
         let e = parse("device = \"tpu\"\n").unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("tpu"), "{e}");
-        let mut multi = parse("device = \"cuda\"\nranks = 2\n").unwrap();
+        let mut multi = parse("device = \"cuda\"\nranks = 2\nzero = 2\n").unwrap();
         let e = multi.validate().unwrap_err().to_string();
-        assert!(e.contains("not yet"), "{e}");
-        multi.ranks = 1;
-        let single = multi.validate();
-        if cfg!(feature = "cuda") {
-            single.unwrap();
-        } else {
-            let e = single.unwrap_err().to_string();
-            assert!(
-                e.contains("built without CUDA") && e.contains("--features cuda"),
-                "{e}"
-            );
+        assert!(e.contains("stages 0 and 1"), "{e}");
+        for (ranks, zero) in [(2, 1), (1, 0), (1, 3)] {
+            (multi.ranks, multi.zero) = (ranks, zero);
+            let checked = multi.validate();
+            if cfg!(feature = "cuda") {
+                checked.unwrap();
+            } else {
+                let e = checked.unwrap_err().to_string();
+                assert!(
+                    e.contains("built without CUDA") && e.contains("--features cuda"),
+                    "{e}"
+                );
+            }
         }
     }
 

@@ -25,7 +25,7 @@ pub(crate) use without_cuda::GpuStep;
 
 #[cfg(feature = "cuda")]
 mod on_gpu {
-    use shoal_kernels::cuda::{Gpu, Products};
+    use shoal_kernels::cuda::Gpu;
     use shoal_models::gpu::{GpuGpt, GpuModelError};
 
     use super::*;
@@ -53,12 +53,7 @@ mod on_gpu {
                 return Ok(None);
             };
             let gpu = Gpu::new(ordinal).map_err(|e| gpu_error(ordinal, e.into()))?;
-            let products = match config.gpu_matmul.as_str() {
-                "tf32" => Products::Tf32,
-                "bf16" => Products::Bf16,
-                _ => Products::Fp32,
-            };
-            gpu.set_products(products)
+            gpu.set_products(crate::rank::products_of(&config.gpu_matmul))
                 .map_err(|e| gpu_error(ordinal, e.into()))?;
             Ok(Some(Self {
                 ordinal,

@@ -52,7 +52,7 @@ pub use feeder::{DataFeeder, FeedPlan, Fill, StepBatch};
 pub use metrics::{
     DomainEval, EvalStats, MetricsRecord, MetricsWriter, StepStats, read_metrics, split_means,
 };
-pub use node::{Node, NodeActor, NodeSpec, StartState, stop_children};
+pub use node::{GpuRanks, Node, NodeActor, NodeSpec, StartState, stop_children};
 pub use rank::Rank;
 pub use recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMode, RecomputeScheduler,

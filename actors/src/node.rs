@@ -24,6 +24,7 @@ use shoal_models::Gpt;
 use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
 use crate::pieces::Mirror;
+use crate::rank::{GpuCompute, gpu_stage, ordinal_of};
 use crate::rank::{Rank, RankArgs, RankMsg};
 use crate::recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMsg, RecomputeScheduler,
@@ -57,6 +58,19 @@ pub struct NodeSpec {
     pub fill: Fill,
     /// Activation recomputation: the mode and the budget per rank.
     pub recompute: RecomputeSettings,
+    /// Forward and backward on GPUs (built with the `cuda` feature, ZeRO stages 0
+    /// and 1); `None`: on the CPU.
+    pub gpu: Option<GpuRanks>,
+}
+
+/// Where a node's ranks compute on GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuRanks {
+    /// This process's ranks go round the host's GPUs from this ordinal.
+    pub first: usize,
+    /// Arithmetic of the matrix products: `fp32`, `tf32` or `bf16` (as the
+    /// trainer's `gpu_matmul`).
+    pub matmul: String,
 }
 
 /// The training state a node starts from, in the full layout (each rank takes its
@@ -343,9 +357,29 @@ impl Node {
         };
         // Planned here first for a typed error when nothing fits the budget.
         let choice = plan_recompute(&inputs)?;
+        if spec.gpu.is_some() && spec.stage.shards_gradients() {
+            return Err(gpu_stage(spec.stage));
+        }
+        let gpus = spec
+            .gpu
+            .as_ref()
+            .map(|_| GpuCompute::device_count())
+            .transpose()?;
+        // GPUs go round this process's ranks; a process with one rank of a larger
+        // ring (`--procs`) takes the GPU of its rank in the ring.
+        let one_per_process = comms.len() == 1;
         let ranks = comms
             .into_iter()
-            .map(|comm| rank_args(spec, &model, &buckets, comm, &start, &choice))
+            .enumerate()
+            .map(|(local, comm)| {
+                let index = if one_per_process { comm.rank() } else { local };
+                let gpu = spec
+                    .gpu
+                    .as_ref()
+                    .zip(gpus)
+                    .map(|(g, n)| ordinal_of(g.first, index, n));
+                rank_args(spec, &model, &buckets, comm, &start, &choice, gpu)
+            })
             .collect::<Result<Vec<_>>>()?;
         let (scheduler, _) = runtime
             .block_on(Actor::spawn(None, RecomputeScheduler, inputs))
@@ -466,7 +500,7 @@ impl Drop for Node {
     }
 }
 
-/// A rank's start: its rows, its compute, its pieces.
+/// A rank's start: its rows, its compute (on GPU `gpu` if given), its pieces.
 fn rank_args(
     spec: &NodeSpec,
     model: &Arc<Gpt>,
@@ -474,6 +508,7 @@ fn rank_args(
     comm: Communicator,
     start: &StartState<'_>,
     recompute: &RecomputeChoice,
+    gpu: Option<usize>,
 ) -> Result<RankArgs> {
     let (world, rank) = (comm.world(), comm.rank());
     let rows = shard_range(spec.batch, world, rank);
@@ -487,7 +522,20 @@ fn rank_args(
     } else {
         spec.threads_per_rank
     };
-    let compute = (compute_rows > 0)
+    let on_gpu = gpu
+        .filter(|_| compute_rows > 0)
+        .map(|ordinal| {
+            GpuCompute::open(
+                ordinal,
+                spec.gpu.as_ref().map_or("fp32", |g| &g.matmul),
+                &model.config,
+                start.params,
+                compute_rows,
+                spec.seq_len,
+            )
+        })
+        .transpose()?;
+    let compute = (compute_rows > 0 && on_gpu.is_none())
         .then(|| {
             Replicas::with_plan(
                 &model.config,
@@ -511,6 +559,7 @@ fn rank_args(
         model: model.clone(),
         comm,
         compute,
+        gpu: on_gpu,
         zero,
         params,
         spans: spec.spans.clone(),

@@ -27,9 +27,26 @@ use crate::shard::{ApplyArgs, ParameterShard, ShardArgs, ShardMsg, Shared, read,
 use crate::step::StepHyper;
 use crate::zero::{ZeroOutcome, ZeroShard, ZeroStage};
 
+mod gpu;
 mod parts;
 
+pub(crate) use gpu::ordinal_of;
+#[cfg(feature = "cuda")]
+pub(crate) use gpu::products_of;
+pub use gpu::{GpuBackward, GpuCompute};
 use parts::{Gathered, Scattered, lift, part_index};
+
+/// The error for GPU ranks at a ZeRO stage that shards gradients.
+pub(crate) fn gpu_stage(stage: ZeroStage) -> TrainError {
+    TrainError::InvalidConfig {
+        field: "zero",
+        reason: format!(
+            "selects {stage:?}, but data-parallel GPU ranks run ZeRO stages 0 and 1 \
+             only (stages 2 and 3 on GPUs are not built yet); use zero = 0 or 1, or \
+             device = \"cpu\""
+        ),
+    }
+}
 
 /// Messages of the [`Rank`].
 pub enum RankMsg {
@@ -55,8 +72,11 @@ pub struct RankArgs {
     pub model: Arc<Gpt>,
     /// Its ring.
     pub comm: Communicator,
-    /// Compute for its rows (`None`: no rows, at stages 0 and 1).
+    /// Compute for its rows on the CPU (`None`: no rows, at stages 0 and 1, or
+    /// computing on a GPU).
     pub compute: Option<Replicas>,
+    /// Compute for its rows on a GPU (stages 0 and 1).
+    pub gpu: Option<GpuCompute>,
     /// Its share of the optimizer, moments and pieces loaded.
     pub zero: ZeroShard,
     /// The whole-layout parameters (an empty vector at stage 3).
@@ -76,6 +96,7 @@ pub struct Rank;
 struct Worker {
     model: Arc<Gpt>,
     compute: Option<Replicas>,
+    gpu: Option<GpuCompute>,
     stage: ZeroStage,
     buckets: Vec<Range<usize>>,
     /// Bucket of each part.
@@ -169,6 +190,12 @@ impl Worker {
             peak_elems: 0,
             failed: None,
         };
+        if let Some(gpu) = self.gpu.as_mut() {
+            let (x, y) = (&batch.tokens[..], &batch.targets[..]);
+            let back =
+                gpu.forward_backward(&params[..], &mut grads[..], x, y, accum, scale, check)?;
+            out.loss_sum = back.loss_sum * f64::from(self.weight);
+        }
         if let Some(compute) = self.compute.as_mut() {
             for micro in 0..accum {
                 let span = micro * per_micro..(micro + 1) * per_micro;
@@ -343,6 +370,7 @@ impl Actor for Rank {
             worker: Some(Worker {
                 model: args.model,
                 compute: args.compute,
+                gpu: args.gpu,
                 stage,
                 buckets,
                 index,

@@ -283,7 +283,12 @@ impl Trainer {
         };
         let (compute, unplanned) = crate::recompute::trainer_compute(&config, &gpt.config)?;
         let n = config.batch_size * t;
-        let gpu = GpuStep::open(&config)?;
+        // Data-parallel ranks open their own GPUs (see `crate::rank`).
+        let gpu = if config.ranks > 1 {
+            None
+        } else {
+            GpuStep::open(&config)?
+        };
         let schedule = config.lr_schedule();
         let run_tokens = config.max_steps.saturating_mul(config.tokens_per_step());
         if schedule.total_tokens() < run_tokens {
@@ -609,16 +614,10 @@ impl Trainer {
     /// multi-process ring: rank 0 runs the loop as here, the others only take their
     /// part in each step (and return a summary without metrics).
     pub fn run(&mut self, observer: &mut dyn TrainObserver) -> Result<RunSummary> {
-        if self.gpu.is_some() && self.comm.is_some() {
-            return Err(TrainError::InvalidConfig {
-                field: "device",
-                reason: format!(
-                    "`{}` with several processes: training on several GPUs is not yet supported",
-                    self.config.device
-                ),
-            });
-        }
         if let Some(comm) = self.comm.take() {
+            // A rank of a multi-process ring computes through its node's rank, on
+            // the GPU the node gives it; the single-rank GPU step is not used.
+            self.gpu = None;
             return if comm.rank() == 0 {
                 self.run_ranks(observer, vec![comm])
             } else {

@@ -40,6 +40,7 @@ fn spec(stage: ZeroStage) -> NodeSpec {
         threads_per_rank: 1,
         fill,
         recompute: Default::default(),
+        gpu: None,
     }
 }
 

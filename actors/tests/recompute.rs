@@ -46,6 +46,7 @@ fn spec(stage: ZeroStage, budget: Option<u64>) -> NodeSpec {
             mode: RecomputeMode::Auto,
             budget,
         },
+        gpu: None,
     }
 }
 

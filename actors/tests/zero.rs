@@ -111,6 +111,7 @@ fn distributed(comms: Vec<Communicator>, stage: ZeroStage, bucket_elems: usize) 
         threads_per_rank: 1,
         fill,
         recompute: Default::default(),
+        gpu: None,
     };
     let start = StartState {
         params: &params,

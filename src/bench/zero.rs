@@ -160,6 +160,7 @@ fn run_stage(
         threads_per_rank: 1,
         fill,
         recompute: Default::default(),
+        gpu: None,
     };
     let rss_before = resident_bytes("VmRSS");
     let (comms, _endpoints) = ring(transport, world)?;

@@ -370,12 +370,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return super::procs::run_child(build_trainer(&args)?, cluster, rank);
     }
     let mut trainer = build_trainer(&args)?;
-    if args.procs.is_some_and(|n| n > 1) && trainer.config().device != "cpu" {
-        bail!(
-            "--procs with --device {}: training on several GPUs is not yet supported",
-            trainer.config().device
-        );
-    }
     let procs = match args.procs {
         Some(n) if n > 1 => Some(super::procs::start(&mut trainer, n)?),
         _ => None,

@@ -17,11 +17,11 @@ use shoal_collectives::{CommConfig, Communicator, LocalHub};
 
 use super::{RunSummary, TrainObserver, Trainer};
 use crate::checkpoint::CheckpointStore;
-use crate::config::TrainConfig;
+use crate::config::{Device, TrainConfig};
 use crate::error::Result;
 use crate::feeder::Fill;
 use crate::metrics::StepStats;
-use crate::node::{Node, NodeSpec, StartState};
+use crate::node::{GpuRanks, Node, NodeSpec, StartState};
 use crate::zero::{MemoryReport, ZeroStage};
 
 /// Gradient bucket size: PyTorch DDP's default of 25 MiB.
@@ -96,6 +96,13 @@ impl Trainer {
             threads_per_rank: (c.resolved_threads() / world).max(1),
             fill,
             recompute: crate::recompute::RecomputeSettings::from_config(c)?,
+            gpu: match c.device()? {
+                Device::Cuda(first) => Some(GpuRanks {
+                    first,
+                    matmul: c.gpu_matmul.clone(),
+                }),
+                Device::Cpu => None,
+            },
         })
     }
 

@@ -1,0 +1,209 @@
+//! A data-parallel rank's forward and backward on a GPU (`device = "cuda"` with
+//! several ranks), at ZeRO stages 0 and 1.
+//!
+//! The GPU is the rank's gradient engine and nothing more: each step uploads the
+//! whole-layout parameters the rank's [`ParameterShard`](crate::shard::ParameterShard)
+//! holds on the host, runs every micro-batch's forward and backward on
+//! [`shoal_models::gpu::GpuGpt`], and copies the accumulated gradients back into the
+//! rank's host gradient buffer. From there the step is the CPU rank's: the
+//! [`GradientReducer`](crate::reducer::GradientReducer) reduces the buckets over the
+//! ring (in-process, or QUIC between hosts), the shard applies AdamW on the host, and
+//! elasticity, checkpoints and the data accounting are unchanged. The optimizer on the
+//! host is ZeRO-Offload's split; the collectives are staged through host memory (a
+//! device-resident NCCL or CUDA IPC reduction is the faster path this does not take).
+//!
+//! Without the `cuda` feature [`GpuCompute`] is an empty type and a `cuda` device is
+//! refused when the configuration is checked.
+
+use crate::error::Result;
+
+#[cfg(feature = "cuda")]
+pub use on_gpu::GpuCompute;
+#[cfg(feature = "cuda")]
+pub(crate) use on_gpu::products_of;
+#[cfg(not(feature = "cuda"))]
+pub use without_cuda::GpuCompute;
+
+/// The GPU ordinal of the `local`-th rank of this process when the run's device is
+/// `cuda:first` and the host has `count` GPUs: ranks go round the GPUs from `first`,
+/// so more ranks than GPUs share them.
+pub(crate) fn ordinal_of(first: usize, local: usize, count: usize) -> usize {
+    (first + local) % count.max(1)
+}
+
+/// What a GPU rank's step reports.
+pub struct GpuBackward {
+    /// The sum over micro-batches of each one's mean loss on this rank's rows.
+    pub loss_sum: f64,
+}
+
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use shoal_kernels::cuda::{Gpu, Products};
+    use shoal_models::GptConfig;
+    use shoal_models::gpu::{GpuGpt, GpuModelError};
+
+    use super::{GpuBackward, Result};
+    use crate::error::TrainError;
+
+    /// One rank's GPU and its model there (parameters, gradients, activations for
+    /// `rows` × `t`).
+    pub struct GpuCompute {
+        ordinal: usize,
+        gpu: Gpu,
+        model: GpuGpt,
+        rows: usize,
+        t: usize,
+    }
+
+    impl GpuCompute {
+        /// Opens GPU `ordinal` with `matmul` products (`fp32`, `tf32` or `bf16`, as
+        /// checked by the configuration) and allocates the model for micro-batches of
+        /// `rows` × `t` there, with `params` as its first parameters.
+        pub fn open(
+            ordinal: usize,
+            matmul: &str,
+            config: &GptConfig,
+            params: &[f32],
+            rows: usize,
+            t: usize,
+        ) -> Result<Self> {
+            let err = |e: GpuModelError| gpu_error(ordinal, e);
+            let gpu = Gpu::new(ordinal).map_err(|e| err(e.into()))?;
+            gpu.set_products(products_of(matmul))
+                .map_err(|e| err(e.into()))?;
+            let model = GpuGpt::new(&gpu, config.clone(), params, rows, t).map_err(err)?;
+            Ok(Self {
+                ordinal,
+                gpu,
+                model,
+                rows,
+                t,
+            })
+        }
+
+        /// The number of GPUs the driver sees (an error when there is no driver).
+        pub fn device_count() -> Result<usize> {
+            shoal_kernels::cuda::device_count().map_err(|e| gpu_error(0, e.into()))
+        }
+
+        /// Forward and backward of the `accum` micro-batches in `tokens`/`targets`
+        /// (each `rows` × `t`, one after another) with `params`, each backward scaled
+        /// by `scale`; the accumulated gradients are written over `grads`.
+        /// `check` vets each micro-batch's loss (the trainer's non-finite check).
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_backward(
+            &mut self,
+            params: &[f32],
+            grads: &mut [f32],
+            tokens: &[u32],
+            targets: &[u32],
+            accum: usize,
+            scale: f32,
+            mut check: impl FnMut(f32) -> Result<f32>,
+        ) -> Result<GpuBackward> {
+            let ordinal = self.ordinal;
+            let err = |e: GpuModelError| gpu_error(ordinal, e);
+            // The blocking pool runs each step on whichever thread is free: make the
+            // GPU's context the current one on this thread first.
+            self.gpu
+                .stream()
+                .context()
+                .bind_to_thread()
+                .map_err(|e| err(shoal_kernels::cuda::CudaError::from(e).into()))?;
+            let dev = &mut self.model;
+            dev.set_params(&self.gpu, params).map_err(err)?;
+            dev.zero_grads(&self.gpu).map_err(err)?;
+            let per_micro = self.rows * self.t;
+            let mut loss_sum = 0.0f64;
+            for micro in 0..accum {
+                let span = micro * per_micro..(micro + 1) * per_micro;
+                let (x, y) = (&tokens[span.clone()], &targets[span]);
+                let loss = dev.forward(&self.gpu, x, y).map_err(err)?;
+                loss_sum += f64::from(check(loss)?);
+                dev.backward(&self.gpu, scale).map_err(err)?;
+            }
+            dev.grads_into(&self.gpu, grads).map_err(err)?;
+            Ok(GpuBackward { loss_sum })
+        }
+    }
+
+    /// The products a validated `gpu_matmul` names.
+    pub(crate) fn products_of(matmul: &str) -> Products {
+        match matmul {
+            "tf32" => Products::Tf32,
+            "bf16" => Products::Bf16,
+            _ => Products::Fp32,
+        }
+    }
+
+    fn gpu_error(ordinal: usize, source: GpuModelError) -> TrainError {
+        TrainError::Gpu {
+            device: format!("cuda:{ordinal}"),
+            source,
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod without_cuda {
+    use shoal_models::GptConfig;
+
+    use super::{GpuBackward, Result};
+    use crate::config::built_without_cuda;
+
+    /// No GPU in a build without the `cuda` feature: this type has no values.
+    pub enum GpuCompute {}
+
+    impl GpuCompute {
+        /// The error saying how to build with CUDA.
+        pub fn open(
+            ordinal: usize,
+            _matmul: &str,
+            _config: &GptConfig,
+            _params: &[f32],
+            _rows: usize,
+            _t: usize,
+        ) -> Result<Self> {
+            Err(built_without_cuda(&format!("cuda:{ordinal}")))
+        }
+
+        /// The error saying how to build with CUDA.
+        pub fn device_count() -> Result<usize> {
+            Err(built_without_cuda("cuda"))
+        }
+
+        /// Never called: there is no value to call it on.
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_backward(
+            &mut self,
+            _params: &[f32],
+            _grads: &mut [f32],
+            _tokens: &[u32],
+            _targets: &[u32],
+            _accum: usize,
+            _scale: f32,
+            _check: impl FnMut(f32) -> Result<f32>,
+        ) -> Result<GpuBackward> {
+            match *self {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ordinal_of;
+
+    #[test]
+    fn ranks_go_round_the_gpus_from_the_first() {
+        assert_eq!(
+            (0..5).map(|i| ordinal_of(0, i, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        assert_eq!(
+            (0..4).map(|i| ordinal_of(2, i, 4)).collect::<Vec<_>>(),
+            [2, 3, 0, 1]
+        );
+        assert_eq!(ordinal_of(0, 3, 0), 0);
+    }
+}
