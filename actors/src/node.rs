@@ -24,7 +24,7 @@ use shoal_models::Gpt;
 use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
 use crate::pieces::Mirror;
-use crate::rank::{GpuCompute, gpu_stage, ordinal_of};
+use crate::rank::{GpuCompute, ordinal_of};
 use crate::rank::{Rank, RankArgs, RankMsg};
 use crate::recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMsg, RecomputeScheduler,
@@ -58,8 +58,8 @@ pub struct NodeSpec {
     pub fill: Fill,
     /// Activation recomputation: the mode and the budget per rank.
     pub recompute: RecomputeSettings,
-    /// Forward and backward on GPUs (built with the `cuda` feature, ZeRO stages 0
-    /// and 1); `None`: on the CPU.
+    /// Forward and backward on GPUs (built with the `cuda` feature); `None`: on the
+    /// CPU.
     pub gpu: Option<GpuRanks>,
 }
 
@@ -357,9 +357,6 @@ impl Node {
         };
         // Planned here first for a typed error when nothing fits the budget.
         let choice = plan_recompute(&inputs)?;
-        if spec.gpu.is_some() && spec.stage.shards_gradients() {
-            return Err(gpu_stage(spec.stage));
-        }
         let gpus = spec
             .gpu
             .as_ref()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ractor::concurrency::oneshot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use shoal_collectives::Communicator;
-use shoal_models::{Gpt, Part, RecomputePlan, Whole};
+use shoal_models::{Gpt, GradSink, ParamSource, Part, RecomputePlan, Whole};
 
 use crate::error::{Result, TrainError};
 use crate::feeder::{DataFeeder, FeedPlan, FeederMsg, Fill, StepBatch};
@@ -35,18 +35,6 @@ pub(crate) use gpu::ordinal_of;
 pub(crate) use gpu::products_of;
 pub use gpu::{GpuBackward, GpuCompute};
 use parts::{Gathered, Scattered, lift, part_index};
-
-/// The error for GPU ranks at a ZeRO stage that shards gradients.
-pub(crate) fn gpu_stage(stage: ZeroStage) -> TrainError {
-    TrainError::InvalidConfig {
-        field: "zero",
-        reason: format!(
-            "selects {stage:?}, but data-parallel GPU ranks run ZeRO stages 0 and 1 \
-             only (stages 2 and 3 on GPUs are not built yet); use zero = 0 or 1, or \
-             device = \"cpu\""
-        ),
-    }
-}
 
 /// Messages of the [`Rank`].
 pub enum RankMsg {
@@ -145,6 +133,9 @@ impl Worker {
                 })
             }
         };
+        if self.stage.shards_gradients() && self.gpu.is_some() {
+            return self.backward_sharded_on_gpu(batch, accum, scale, check, out);
+        }
         if self.stage.shards_gradients() {
             let Some(compute) = self.compute.as_mut() else {
                 return Err(TrainError::InvalidConfig {
@@ -221,6 +212,60 @@ impl Worker {
         }
         out.buckets_sent = hook.next;
         out.peak_elems = hook.peak_elems;
+        Ok(out)
+    }
+}
+
+impl Worker {
+    /// Stages 2 and 3 on a GPU: the parameters come whole (stage 2) or gathered part
+    /// by part (stage 3, in forward order, as the CPU ranks gather them) into one host
+    /// buffer for the GPU; the gradient, accumulated there over the micro-batches,
+    /// comes back whole and goes to the reducer part by part in backward order, each
+    /// bucket reduce-scattered once. The whole buffers live only for the step.
+    fn backward_sharded_on_gpu(
+        &mut self,
+        batch: &StepBatch,
+        accum: usize,
+        scale: f32,
+        check: impl FnMut(f32) -> Result<f32>,
+        mut out: Backward,
+    ) -> Result<Backward> {
+        let m = &*self.model;
+        let Some(gpu) = self.gpu.as_mut() else {
+            return Ok(out);
+        };
+        let mut params = Vec::new();
+        if self.stage.shards_parameters() {
+            params = vec![0.0; m.num_params()];
+            let mut src = Gathered::new(m, &self.shard, &self.reducer, &self.index);
+            let mut order = m.parts_in_backward_order();
+            order.reverse();
+            for (i, &part) in order.iter().enumerate() {
+                src.fetch(part, order.get(i + 1).copied())
+                    .map_err(|e| lift(e.into()))?;
+                params[m.part_range(part)].copy_from_slice(src.get(part));
+                src.release(part);
+            }
+            out.waited += src.waited.as_secs_f64();
+            out.peak_elems = src.peak_elems;
+            src.finish()?;
+        } else {
+            params.extend_from_slice(&read(&self.shared.params));
+        }
+        let mut grads = vec![0.0; m.num_params()];
+        let (x, y) = (&batch.tokens[..], &batch.targets[..]);
+        let back = gpu.forward_backward(&params, &mut grads, x, y, accum, scale, check)?;
+        drop(params);
+        out.loss_sum = back.loss_sum * f64::from(self.weight);
+        let mut sink = Scattered::new(m, &self.reducer, &self.buckets, &self.index);
+        for part in m.parts_in_backward_order() {
+            let range = m.part_range(part);
+            let staged = sink.grads(part).map_err(|e| lift(e.into()))?;
+            staged.copy_from_slice(&grads[range]);
+            sink.done(part).map_err(|e| lift(e.into()))?;
+        }
+        out.buckets_sent = sink.sent;
+        out.peak_elems = out.peak_elems.max(sink.peak_elems);
         Ok(out)
     }
 }

@@ -1,11 +1,12 @@
 //! A data-parallel rank's forward and backward on a GPU (`device = "cuda"` with
-//! several ranks), at ZeRO stages 0 and 1.
+//! several ranks), at every ZeRO stage.
 //!
 //! The GPU is the rank's gradient engine and nothing more: each step uploads the
-//! whole-layout parameters the rank's [`ParameterShard`](crate::shard::ParameterShard)
-//! holds on the host, runs every micro-batch's forward and backward on
-//! [`shoal_models::gpu::GpuGpt`], and copies the accumulated gradients back into the
-//! rank's host gradient buffer. From there the step is the CPU rank's: the
+//! whole-layout parameters (held by the rank at stages 0 to 2, all-gathered part by
+//! part at stage 3), runs every micro-batch's forward and backward on
+//! [`shoal_models::gpu::GpuGpt`], and copies the accumulated gradients back to the
+//! host (the rank's gradient buffer at stages 0 and 1, a buffer for the step whose
+//! buckets are reduce-scattered at 2 and 3). From there the step is the CPU rank's: the
 //! [`GradientReducer`](crate::reducer::GradientReducer) reduces the buckets over the
 //! ring (in-process, or QUIC between hosts), the shard applies AdamW on the host, and
 //! elasticity, checkpoints and the data accounting are unchanged. The optimizer on the
