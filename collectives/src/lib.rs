@@ -8,7 +8,9 @@
 //! - [`transport`]: the seam transports implement; [`local`] (threads of one
 //!   process, zero copy) and [`quic`] (processes and hosts, mutual TLS with
 //!   the cluster CA from [`tls`]);
-//! - [`Communicator`]: what users call.
+//! - [`Communicator`]: what users call;
+//! - [`device`]: the same collectives over GPU buffers (NCCL or a CUDA IPC ring,
+//!   feature `cuda`), bootstrapped and signalled through a [`Communicator`].
 //!
 //! Failure semantics: every op has a deadline. A lost peer makes every
 //! surviving rank's op fail with [`CollectiveError::PeerLost`] (or
@@ -17,6 +19,7 @@
 //! generations are dropped and counted, never combined.
 
 pub mod comm;
+pub mod device;
 pub mod dial;
 pub mod engine;
 pub mod error;
@@ -32,6 +35,9 @@ pub mod tls;
 pub mod transport;
 
 pub use comm::{AbortHandle, Communicator, Pending};
+pub use device::DeviceBackend;
+#[cfg(feature = "cuda")]
+pub use device::{DeviceCollectiveError, DeviceCommunicator, DeviceConfig};
 pub use engine::{CommConfig, CommStats};
 pub use error::{CollectiveError, FrameError};
 pub use local::{LocalFaults, LocalHub};

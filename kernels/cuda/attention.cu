@@ -16,6 +16,10 @@
 // kernel runs one thread per key and loops over query tiles. Each output
 // element is written by one thread, with sums in a fixed order: no atomics,
 // deterministic results.
+//
+// qkv, out, dout and dqkv are stored as floatX (storage.cuh); the tiles in
+// shared memory, the scores, the softmax statistics (lse, D) and every sum are
+// fp32.
 
 #ifndef HS
 #error "compile with -DHS=<head size>"
@@ -39,14 +43,14 @@
 #define QKV(base, pos, part) ((base) + (size_t)(pos) * 3 * c + (part) * c)
 
 // Loads keys and values k0..k0+BC (zero past T) of head h into ks, vs [BC, HS].
-__device__ __forceinline__ void load_kv_tile(float* ks, float* vs, const float* seq, int k0,
+__device__ __forceinline__ void load_kv_tile(float* ks, float* vs, const floatX* seq, int k0,
                                              int t, int c) {
     for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
         const int j = idx / HS;
         const int d = idx % HS;
         const int pos = k0 + j;
-        ks[idx] = pos < t ? QKV(seq, pos, 1)[d] : 0.0f;
-        vs[idx] = pos < t ? QKV(seq, pos, 2)[d] : 0.0f;
+        ks[idx] = pos < t ? to_f32(QKV(seq, pos, 1)[d]) : 0.0f;
+        vs[idx] = pos < t ? to_f32(QKV(seq, pos, 2)[d]) : 0.0f;
     }
 }
 
@@ -64,12 +68,12 @@ __device__ __forceinline__ void load_kv_tile(float* ks, float* vs, const float* 
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;                       \
     const int qi = q0 + threadIdx.x;                                        \
     const bool active = qi < t;                                             \
-    const float* seq = qkv + (size_t)b * t * 3 * c + h * HS
+    const floatX* seq = qkv + (size_t)b * t * 3 * c + h * HS
 
 // out = softmax(q k^T / sqrt(HS) + causal mask) v per head; lse = row
 // log-sum-exp of the scaled scores. Grid: (ceil(T/BR), B*NH); block: BR;
 // dynamic shared memory: 2 * BC * HS floats.
-extern "C" __global__ void attention_forward(float* out, float* lse, const float* qkv, int t,
+extern "C" __global__ void attention_forward(floatX* out, float* lse, const floatX* qkv, int t,
                                              int c, int nh) {
     QUERY_BLOCK_SETUP;
     const float scale = 1.0f / sqrtf((float)HS);
@@ -77,7 +81,7 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
     float o[HS];
 #pragma unroll
     for (int d = 0; d < HS; ++d) {
-        q[d] = active ? QKV(seq, qi, 0)[d] * scale : 0.0f;
+        q[d] = active ? to_f32(QKV(seq, qi, 0)[d]) * scale : 0.0f;
         o[d] = 0.0f;
     }
     float m = NEG_INF;
@@ -117,10 +121,10 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
     }
     if (active) {
         const float inv = 1.0f / l;
-        float* dst = out + ((size_t)b * t + qi) * c + h * HS;
+        floatX* dst = out + ((size_t)b * t + qi) * c + h * HS;
 #pragma unroll
         for (int d = 0; d < HS; ++d) {
-            dst[d] = o[d] * inv;
+            dst[d] = to_x(o[d] * inv);
         }
         lse[(size_t)bh * t + qi] = m + logf(l);
     }
@@ -128,8 +132,8 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
 
 // D[b, h, i] = sum_d dout[b, i, h*HS + d] * out[b, i, h*HS + d]. One thread
 // per (b*NH + h, i).
-extern "C" __global__ void attention_backward_rowdot(float* dd, const float* dout,
-                                                     const float* out, int bnh, int t, int c,
+extern "C" __global__ void attention_backward_rowdot(float* dd, const floatX* dout,
+                                                     const floatX* out, int bnh, int t, int c,
                                                      int nh) {
     const long long total = (long long)bnh * t;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -139,7 +143,7 @@ extern "C" __global__ void attention_backward_rowdot(float* dd, const float* dou
         const size_t at = ((size_t)(bh / nh) * t + pos) * c + (bh % nh) * HS;
         float sum = 0.0f;
         for (int d = 0; d < HS; ++d) {
-            sum += dout[at + d] * out[at + d];
+            sum += to_f32(dout[at + d]) * to_f32(out[at + d]);
         }
         dd[i] = sum;
     }
@@ -148,19 +152,19 @@ extern "C" __global__ void attention_backward_rowdot(float* dd, const float* dou
 // dq += (1/sqrt(HS)) * sum_j dS[i, j] k_j, with P = exp(S - lse) and
 // dS = P * (dout v^T - D). Grid and block as the forward; dynamic shared
 // memory: 2 * BC * HS floats.
-extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
-                                                 const float* qkv, const float* lse,
+extern "C" __global__ void attention_backward_dq(floatX* dqkv, const floatX* dout,
+                                                 const floatX* qkv, const float* lse,
                                                  const float* dd, int t, int c, int nh) {
     QUERY_BLOCK_SETUP;
-    const float* g = dout + ((size_t)b * t + (active ? qi : 0)) * c + h * HS;
+    const floatX* g = dout + ((size_t)b * t + (active ? qi : 0)) * c + h * HS;
     const float scale = 1.0f / sqrtf((float)HS);
     float q[HS];
     float go[HS];
     float dq[HS];
 #pragma unroll
     for (int d = 0; d < HS; ++d) {
-        q[d] = active ? QKV(seq, qi, 0)[d] * scale : 0.0f;
-        go[d] = active ? g[d] : 0.0f;
+        q[d] = active ? to_f32(QKV(seq, qi, 0)[d]) * scale : 0.0f;
+        go[d] = active ? to_f32(g[d]) : 0.0f;
         dq[d] = 0.0f;
     }
     const float li = active ? lse[(size_t)bh * t + qi] : 0.0f;
@@ -191,10 +195,10 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
         }
     }
     if (active) {
-        float* dst = dqkv + ((size_t)b * t + qi) * 3 * c + h * HS;
+        floatX* dst = dqkv + ((size_t)b * t + qi) * 3 * c + h * HS;
 #pragma unroll
         for (int d = 0; d < HS; ++d) {
-            dst[d] += dq[d] * scale;
+            dst[d] = to_x(to_f32(dst[d]) + dq[d] * scale);
         }
     }
 }
@@ -202,8 +206,8 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
 // dv_j += sum_i P[i, j] dout_i and dk_j += sum_i dS[i, j] (scaled q_i), over
 // the queries i >= j. Grid: (ceil(T/BK), B*NH); block: BK; dynamic shared
 // memory: 2 * BK * HSP + 2 * BQ * HS + 2 * BQ floats.
-extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* dout,
-                                                  const float* qkv, const float* lse,
+extern "C" __global__ void attention_backward_dkv(floatX* dqkv, const floatX* dout,
+                                                  const floatX* qkv, const float* lse,
                                                   const float* dd, int t, int c, int nh) {
     extern __shared__ float smem[];
     float* ks = smem;                 // [BK, HSP], this block's keys
@@ -218,15 +222,15 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* dout
     const int k0 = (gridDim.x - 1 - blockIdx.x) * BK;
     const int kj = k0 + threadIdx.x;
     const bool active = kj < t;
-    const float* seq = qkv + (size_t)b * t * 3 * c + h * HS;
-    const float* gseq = dout + (size_t)b * t * c + h * HS;
+    const floatX* seq = qkv + (size_t)b * t * 3 * c + h * HS;
+    const floatX* gseq = dout + (size_t)b * t * c + h * HS;
     const float scale = 1.0f / sqrtf((float)HS);
     for (int idx = threadIdx.x; idx < BK * HS; idx += blockDim.x) {
         const int j = idx / HS;
         const int d = idx % HS;
         const int pos = k0 + j;
-        ks[j * HSP + d] = pos < t ? QKV(seq, pos, 1)[d] : 0.0f;
-        vs[j * HSP + d] = pos < t ? QKV(seq, pos, 2)[d] : 0.0f;
+        ks[j * HSP + d] = pos < t ? to_f32(QKV(seq, pos, 1)[d]) : 0.0f;
+        vs[j * HSP + d] = pos < t ? to_f32(QKV(seq, pos, 2)[d]) : 0.0f;
     }
     float dk[HS];
     float dv[HS];
@@ -243,8 +247,8 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* dout
             const int i = idx / HS;
             const int d = idx % HS;
             const int pos = i0 + i;
-            qs[idx] = pos < t ? QKV(seq, pos, 0)[d] * scale : 0.0f;
-            gs[idx] = pos < t ? gseq[(size_t)pos * c + d] : 0.0f;
+            qs[idx] = pos < t ? to_f32(QKV(seq, pos, 0)[d]) * scale : 0.0f;
+            gs[idx] = pos < t ? to_f32(gseq[(size_t)pos * c + d]) : 0.0f;
         }
         for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
             const int pos = i0 + i;
@@ -277,11 +281,11 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* dout
         }
     }
     if (active) {
-        float* dst = dqkv + ((size_t)b * t + kj) * 3 * c + h * HS;
+        floatX* dst = dqkv + ((size_t)b * t + kj) * 3 * c + h * HS;
 #pragma unroll
         for (int d = 0; d < HS; ++d) {
-            dst[c + d] += dk[d];
-            dst[2 * c + d] += dv[d];
+            dst[c + d] = to_x(to_f32(dst[c + d]) + dk[d]);
+            dst[2 * c + d] = to_x(to_f32(dst[2 * c + d]) + dv[d]);
         }
     }
 }

@@ -3,6 +3,8 @@
 // backward overwrites the logits with their gradient.
 //
 // Dimension legend: N rows (B*T), V vocabulary size. One block per row.
+// Logits and their gradients are stored as floatX (storage.cuh); the max, the
+// sum of exponentials, the log-sum-exp and the losses are fp32.
 // A target outside 0..V gives a NaN loss and leaves its row's gradient NaN.
 
 #define NEG_INF __int_as_float(0xff800000)
@@ -37,44 +39,45 @@ __device__ float block_reduce(float v, bool is_max) {
 }
 
 // lse[i] = log sum_j exp(logits[i, j]) and losses[i] = lse[i] - logits[i, targets[i]].
-extern "C" __global__ void crossentropy_forward(float* losses, float* lse, const float* logits,
+extern "C" __global__ void crossentropy_forward(float* losses, float* lse, const floatX* logits,
                                                 const unsigned int* targets, int n, int v) {
     const int row = blockIdx.x;
-    const float* x = logits + (size_t)row * v;
+    const floatX* x = logits + (size_t)row * v;
     float max = NEG_INF;
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        max = fmaxf(max, x[j]);
+        max = fmaxf(max, to_f32(x[j]));
     }
     max = block_reduce(max, true);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        sum += expf(x[j] - max);
+        sum += expf(to_f32(x[j]) - max);
     }
     sum = block_reduce(sum, false);
     if (threadIdx.x == 0) {
         const float l = max + logf(sum);
         const unsigned int target = targets[row];
         lse[row] = l;
-        losses[row] = target < (unsigned int)v ? l - x[target] : __int_as_float(0x7fc00000);
+        losses[row] =
+            target < (unsigned int)v ? l - to_f32(x[target]) : __int_as_float(0x7fc00000);
     }
 }
 
 // logits = dloss * (softmax(logits) - onehot(targets)), in place.
-extern "C" __global__ void crossentropy_backward_inplace(float* logits, const float* lse,
+extern "C" __global__ void crossentropy_backward_inplace(floatX* logits, const float* lse,
                                                          const unsigned int* targets,
                                                          float dloss, int n, int v) {
     const int row = blockIdx.x;
-    float* x = logits + (size_t)row * v;
+    floatX* x = logits + (size_t)row * v;
     const float l = lse[row];
     const unsigned int target = targets[row];
     const bool valid = target < (unsigned int)v;
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        float g = dloss * expf(x[j] - l);
+        float g = dloss * expf(to_f32(x[j]) - l);
         if (!valid) {
             g = __int_as_float(0x7fc00000);
         } else if ((unsigned int)j == target) {
             g -= dloss;
         }
-        x[j] = g;
+        x[j] = to_x(g);
     }
 }

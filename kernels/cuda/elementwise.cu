@@ -1,5 +1,7 @@
 // Elementwise helpers: the residual forward and backward (kernels/src/residual.rs),
-// scaling (kernels/src/norm.rs) and fp32 -> bf16 conversion for cuBLAS.
+// scaling (kernels/src/norm.rs) and conversions between fp32 and the storage
+// type floatX (storage.cuh; fp32 -> bf16 feeds cuBLAS and the compute copy of
+// the weights).
 //
 // Dimension legend: elementwise over n elements.
 
@@ -8,30 +10,27 @@
          i += (long long)gridDim.x * blockDim.x)
 
 // out = a + b; overwrites out.
-extern "C" __global__ void residual_forward(float* out, const float* a, const float* b,
+extern "C" __global__ void residual_forward(floatX* out, const floatX* a, const floatX* b,
                                             long long n) {
-    GRID_STRIDE(i, n) { out[i] = a[i] + b[i]; }
+    GRID_STRIDE(i, n) { out[i] = to_x(to_f32(a[i]) + to_f32(b[i])); }
 }
 
 // acc += x (the residual backward, and gradient accumulation).
-extern "C" __global__ void add_inplace(float* acc, const float* x, long long n) {
-    GRID_STRIDE(i, n) { acc[i] += x[i]; }
+extern "C" __global__ void add_inplace(floatX* acc, const floatX* x, long long n) {
+    GRID_STRIDE(i, n) { acc[i] = to_x(to_f32(acc[i]) + to_f32(x[i])); }
 }
 
-// x *= s.
+// x *= s, on fp32 buffers (gradients) in every build.
 extern "C" __global__ void scale_inplace(float* x, float s, long long n) {
     GRID_STRIDE(i, n) { x[i] *= s; }
 }
 
-// out = bf16(x), round to nearest even (NaN stays NaN), as raw 16-bit patterns.
-extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long long n) {
-    GRID_STRIDE(i, n) {
-        const unsigned int bits = __float_as_uint(x[i]);
-        if ((bits & 0x7fffffffu) > 0x7f800000u) {
-            out[i] = (unsigned short)((bits >> 16) | 0x40u);
-        } else {
-            const unsigned int rounding = 0x7fffu + ((bits >> 16) & 1u);
-            out[i] = (unsigned short)((bits + rounding) >> 16);
-        }
-    }
+// out = floatX(x): round to nearest even in the bf16 build, a copy in fp32.
+extern "C" __global__ void to_floatx(floatX* out, const float* x, long long n) {
+    GRID_STRIDE(i, n) { out[i] = to_x(x[i]); }
+}
+
+// out = float(x) (exact).
+extern "C" __global__ void from_floatx(float* out, const floatX* x, long long n) {
+    GRID_STRIDE(i, n) { out[i] = to_f32(x[i]); }
 }

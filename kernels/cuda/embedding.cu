@@ -5,11 +5,12 @@
 // A token outside 0..V reads nothing: its output row is NaN and it adds no
 // gradient (the CPU kernel rejects it with a panic). The wte gradient is summed with atomics (the order of additions into a row
 // shared by several positions varies from run to run); the wpe gradient is
-// summed over the batch in order.
+// summed over the batch in order. Outputs, weights and output gradients are
+// stored as floatX (storage.cuh); the weight gradients are fp32.
 
 // out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]; overwrites out.
-extern "C" __global__ void embedding_forward(float* out, const unsigned int* tokens,
-                                             const float* wte, const float* wpe, int bt, int t,
+extern "C" __global__ void embedding_forward(floatX* out, const unsigned int* tokens,
+                                             const floatX* wte, const floatX* wpe, int bt, int t,
                                              int c, int v) {
     const long long total = (long long)bt * c;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -18,13 +19,14 @@ extern "C" __global__ void embedding_forward(float* out, const unsigned int* tok
         const int ch = (int)(i % c);
         const int pos = (int)(row % t);
         const unsigned int tok = tokens[row];
-        out[i] = tok < (unsigned int)v ? wte[(size_t)tok * c + ch] + wpe[(size_t)pos * c + ch]
-                                       : __int_as_float(0x7fc00000);
+        out[i] = to_x(tok < (unsigned int)v
+                          ? to_f32(wte[(size_t)tok * c + ch]) + to_f32(wpe[(size_t)pos * c + ch])
+                          : __int_as_float(0x7fc00000));
     }
 }
 
 // dwte[tokens[b, t], :] += dout[b, t, :].
-extern "C" __global__ void embedding_backward_wte(float* dwte, const float* dout,
+extern "C" __global__ void embedding_backward_wte(float* dwte, const floatX* dout,
                                                   const unsigned int* tokens, int bt, int c,
                                                   int v) {
     const long long total = (long long)bt * c;
@@ -34,20 +36,20 @@ extern "C" __global__ void embedding_backward_wte(float* dwte, const float* dout
         const int ch = (int)(i % c);
         const unsigned int tok = tokens[row];
         if (tok < (unsigned int)v) {
-            atomicAdd(&dwte[(size_t)tok * c + ch], dout[i]);
+            atomicAdd(&dwte[(size_t)tok * c + ch], to_f32(dout[i]));
         }
     }
 }
 
 // dwpe[t, :] += sum over b of dout[b, t, :], one thread per (t, channel).
-extern "C" __global__ void embedding_backward_wpe(float* dwpe, const float* dout, int b, int t,
+extern "C" __global__ void embedding_backward_wpe(float* dwpe, const floatX* dout, int b, int t,
                                                   int c) {
     const long long total = (long long)t * c;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         float sum = 0.0f;
         for (int bi = 0; bi < b; ++bi) {
-            sum += dout[(size_t)bi * t * c + i];
+            sum += to_f32(dout[(size_t)bi * t * c + i]);
         }
         dwpe[i] += sum;
     }

@@ -1,5 +1,6 @@
 // GELU with the tanh approximation (GPT-2's), forward and backward, with the
-// math of kernels/src/gelu.rs: 0.5(1 + tanh z) = 1 / (1 + exp(-2z)).
+// math of kernels/src/gelu.rs: 0.5(1 + tanh z) = 1 / (1 + exp(-2z)). Values are
+// stored as floatX (storage.cuh) and computed in fp32.
 //
 // Dimension legend: elementwise over n elements (typically N x 4C).
 
@@ -13,27 +14,27 @@ __device__ __forceinline__ float clamped_exp(float x) {
 }
 
 // out = gelu(inp); overwrites out.
-extern "C" __global__ void gelu_forward(float* out, const float* inp, long long n) {
+extern "C" __global__ void gelu_forward(floatX* out, const floatX* inp, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const float x = inp[i];
+        const float x = to_f32(inp[i]);
         const float z = SQRT_2_OVER_PI * (CUBIC * x * x * x + x);
-        out[i] = x / (1.0f + clamped_exp(-2.0f * z));
+        out[i] = to_x(x / (1.0f + clamped_exp(-2.0f * z)));
     }
 }
 
 // dinp += gelu'(inp) * dout.
-extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout,
+extern "C" __global__ void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout,
                                          long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const float x = inp[i];
+        const float x = to_f32(inp[i]);
         const float x2 = x * x;
         const float z = SQRT_2_OVER_PI * (CUBIC * x2 * x + x);
         const float dz = SQRT_2_OVER_PI * (3.0f * CUBIC * x2 + 1.0f);
         const float e = clamped_exp(-2.0f * z);
         const float s = 1.0f / (1.0f + e);
         const float grad = 2.0f * x * dz * (e * s * s) + s;
-        dinp[i] += grad * dout[i];
+        dinp[i] = to_x(to_f32(dinp[i]) + grad * to_f32(dout[i]));
     }
 }

@@ -1,5 +1,7 @@
 // Layer normalization over the channel dimension, forward and backward, with
 // the math of kernels/src/layernorm.rs (biased variance, rstd = 1/sqrt(var+eps)).
+// Inputs, outputs and weights are stored as floatX (storage.cuh); the statistics
+// (mean, rstd), every sum and the weight and bias gradients are fp32.
 //
 // Dimension legend: N rows (B*T), C channels.
 //
@@ -16,30 +18,30 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // out = (inp - mean) * rstd * weight + bias per row; saves mean[N], rstd[N].
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd,
-                                             const float* inp, const float* weight,
-                                             const float* bias, int n, int c, float eps) {
+extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd,
+                                             const floatX* inp, const floatX* weight,
+                                             const floatX* bias, int n, int c, float eps) {
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= n) {
         return;
     }
-    const float* x = inp + (size_t)row * c;
+    const floatX* x = inp + (size_t)row * c;
     float sum = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        sum += x[i];
+        sum += to_f32(x[i]);
     }
     const float mu = warp_sum(sum) / c;
     float sq = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        const float d = x[i] - mu;
+        const float d = to_f32(x[i]) - mu;
         sq += d * d;
     }
     const float var = warp_sum(sq) / c;
     const float r = 1.0f / sqrtf(var + eps);
-    float* o = out + (size_t)row * c;
+    floatX* o = out + (size_t)row * c;
     for (int i = lane; i < c; i += 32) {
-        o[i] = (x[i] - mu) * r * weight[i] + bias[i];
+        o[i] = to_x((to_f32(x[i]) - mu) * r * to_f32(weight[i]) + to_f32(bias[i]));
     }
     if (lane == 0) {
         mean[row] = mu;
@@ -49,8 +51,8 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
 
 // dinp += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd, with
 // dnorm = weight * dout, one warp per row.
-extern "C" __global__ void layernorm_backward_input(float* dinp, const float* dout,
-                                                    const float* inp, const float* weight,
+extern "C" __global__ void layernorm_backward_input(floatX* dinp, const floatX* dout,
+                                                    const floatX* inp, const floatX* weight,
                                                     const float* mean, const float* rstd,
                                                     int n, int c) {
     const int lane = threadIdx.x % 32;
@@ -58,32 +60,32 @@ extern "C" __global__ void layernorm_backward_input(float* dinp, const float* do
     if (row >= n) {
         return;
     }
-    const float* x = inp + (size_t)row * c;
-    const float* g = dout + (size_t)row * c;
-    float* d = dinp + (size_t)row * c;
+    const floatX* x = inp + (size_t)row * c;
+    const floatX* g = dout + (size_t)row * c;
+    floatX* d = dinp + (size_t)row * c;
     const float mu = mean[row];
     const float r = rstd[row];
     float dnorm_sum = 0.0f;
     float dnorm_norm_sum = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        const float dnorm = weight[i] * g[i];
+        const float dnorm = to_f32(weight[i]) * to_f32(g[i]);
         dnorm_sum += dnorm;
-        dnorm_norm_sum += dnorm * ((x[i] - mu) * r);
+        dnorm_norm_sum += dnorm * ((to_f32(x[i]) - mu) * r);
     }
     const float dnorm_mean = warp_sum(dnorm_sum) / c;
     const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) / c;
     for (int i = lane; i < c; i += 32) {
-        const float norm = (x[i] - mu) * r;
-        const float dnorm = weight[i] * g[i];
-        d[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
+        const float norm = (to_f32(x[i]) - mu) * r;
+        const float dnorm = to_f32(weight[i]) * to_f32(g[i]);
+        d[i] = to_x(to_f32(d[i]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r);
     }
 }
 
 // partial[chunk, 0, col] = sum of norm * dout and partial[chunk, 1, col] = sum
 // of dout over the rows of `chunk` (rows_per_chunk rows each). Grid: (ceil(C/32),
 // chunks); block: (32, 8).
-extern "C" __global__ void layernorm_backward_params_partial(float* partial, const float* dout,
-                                                             const float* inp,
+extern "C" __global__ void layernorm_backward_params_partial(float* partial, const floatX* dout,
+                                                             const floatX* inp,
                                                              const float* mean,
                                                              const float* rstd, int n, int c,
                                                              int rows_per_chunk) {
@@ -98,8 +100,8 @@ extern "C" __global__ void layernorm_backward_params_partial(float* partial, con
     if (col < c) {
         for (int r = r0 + threadIdx.y; r < r1; r += 8) {
             const size_t at = (size_t)r * c + col;
-            const float g = dout[at];
-            dw += (inp[at] - mean[r]) * rstd[r] * g;
+            const float g = to_f32(dout[at]);
+            dw += (to_f32(inp[at]) - mean[r]) * rstd[r] * g;
             db += g;
         }
     }

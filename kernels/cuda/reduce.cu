@@ -3,10 +3,12 @@
 // sum per chunk of rows, a second adds the partials in chunk order.
 //
 // Dimension legend: N rows, C columns, R chunks of rows.
+//
+// The summed rows are stored as floatX (storage.cuh); partials and results are fp32.
 
 // partial[chunk, col] = sum of x[r, col] over the rows r of `chunk`
 // (rows_per_chunk each). Grid: (ceil(C/32), R); block: (32, 8).
-extern "C" __global__ void column_partial_sums(float* partial, const float* x, int n, int c,
+extern "C" __global__ void column_partial_sums(float* partial, const floatX* x, int n, int c,
                                                int rows_per_chunk) {
     __shared__ float shared[8][32];
     const int col = blockIdx.x * 32 + threadIdx.x;
@@ -16,7 +18,7 @@ extern "C" __global__ void column_partial_sums(float* partial, const float* x, i
     float sum = 0.0f;
     if (col < c) {
         for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            sum += x[(size_t)r * c + col];
+            sum += to_f32(x[(size_t)r * c + col]);
         }
     }
     shared[threadIdx.y][threadIdx.x] = sum;

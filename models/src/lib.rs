@@ -15,6 +15,7 @@ pub mod hf;
 mod init;
 mod layout;
 mod parts;
+mod precision;
 mod sample;
 
 pub use config::{GptConfig, PRESETS};
@@ -22,4 +23,5 @@ pub use error::ModelError;
 pub use gpt::{ActivationBytes, Activations, Gpt, Recompute, RecomputePlan, recompute};
 pub use layout::{ParamLayout, ParamTensor};
 pub use parts::{GradSink, ParamSource, Part, Whole, WholeGrads};
+pub use precision::{Precision, StateBytes, model_state_bytes};
 pub use sample::SampleOptions;

@@ -115,6 +115,8 @@ impl Trainer {
         quic: &QuicNode,
         first_wait: Duration,
     ) -> Result<ElasticEnd> {
+        // Each generation's ranks open their own GPUs (see `crate::rank`).
+        self.gpu = None;
         let mut held: Option<Held> = None;
         let mut next = next_generation_within(link, first_wait)?;
         loop {

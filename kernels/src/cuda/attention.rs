@@ -5,11 +5,14 @@
 //! Dimension legend: B batch, T time, C channels = NH * hs, NH heads, hs head size.
 //! The kernels are compiled once per head size (`-DHS`), which sizes the
 //! per-thread register arrays; head sizes up to [`MAX_HEAD_SIZE`] are supported.
+//! `qkv`, `out` and their gradients are `f32` or [`super::Bf16`] ([`Storage`]);
+//! the tiles, scores, softmax statistics and sums are fp32.
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::ATTENTION;
+use super::storage::{Dtype, Storage};
 use super::{CudaError, Gpu, dim, elementwise_config};
 
 /// Largest supported head size (the kernels keep up to 3·hs floats per thread
@@ -44,9 +47,16 @@ fn head_size(c: usize, nh: usize) -> Result<usize, CudaError> {
     Ok(hs)
 }
 
-/// Kernel `name` for head size `hs`, allowed `shared` bytes of dynamic shared memory.
-fn kernel(gpu: &Gpu, hs: usize, name: &str, shared: usize) -> Result<CudaFunction, CudaError> {
-    let f = gpu.function(&ATTENTION, Some(hs), name)?;
+/// Kernel `name` for head size `hs` and storage `dtype`, allowed `shared` bytes
+/// of dynamic shared memory.
+fn kernel(
+    gpu: &Gpu,
+    hs: usize,
+    dtype: Dtype,
+    name: &str,
+    shared: usize,
+) -> Result<CudaFunction, CudaError> {
+    let f = gpu.function(&ATTENTION, Some(hs), dtype, name)?;
     if shared > DEFAULT_SHARED_LIMIT {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -72,11 +82,11 @@ fn kv_tile_bytes(hs: usize) -> usize {
 
 /// GPU [`crate::attention_forward`]: `out = softmax(q·kᵀ/√hs + causal mask)·v`
 /// per head, saving the row log-sum-exp of the scaled scores in `lse`.
-pub fn attention_forward(
+pub fn attention_forward<X: Storage>(
     gpu: &Gpu,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<X>,
     lse: &mut impl DevicePtrMut<f32>,
-    qkv: &impl DevicePtr<f32>,
+    qkv: &impl DevicePtr<X>,
     b: usize,
     t: usize,
     c: usize,
@@ -90,7 +100,7 @@ pub fn attention_forward(
     }
     let hs = head_size(c, nh)?;
     let shared = kv_tile_bytes(hs);
-    let f = kernel(gpu, hs, "attention_forward", shared)?;
+    let f = kernel(gpu, hs, X::DTYPE, "attention_forward", shared)?;
     let args = [
         gpu.output(out),
         gpu.output(lse),
@@ -105,12 +115,12 @@ pub fn attention_forward(
 
 /// GPU [`crate::attention_backward`]: recomputes the probabilities from `qkv`
 /// and `lse`, uses `D = rowsum(dout ∘ out)`, and accumulates into `dqkv`.
-pub fn attention_backward(
+pub fn attention_backward<X: Storage>(
     gpu: &Gpu,
-    dqkv: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
-    qkv: &impl DevicePtr<f32>,
-    out: &impl DevicePtr<f32>,
+    dqkv: &mut impl DevicePtrMut<X>,
+    dout: &impl DevicePtr<X>,
+    qkv: &impl DevicePtr<X>,
+    out: &impl DevicePtr<X>,
     lse: &impl DevicePtr<f32>,
     b: usize,
     t: usize,
@@ -127,7 +137,7 @@ pub fn attention_backward(
     }
     let hs = head_size(c, nh)?;
     let mut dd = gpu.zeros::<f32>(b * nh * t)?;
-    let rowdot = kernel(gpu, hs, "attention_backward_rowdot", 0)?;
+    let rowdot = kernel(gpu, hs, X::DTYPE, "attention_backward_rowdot", 0)?;
     let args = [
         gpu.output(&mut dd),
         gpu.input(dout),
@@ -152,12 +162,12 @@ pub fn attention_backward(
         dim(nh),
     ];
     let shared = kv_tile_bytes(hs);
-    let dq = kernel(gpu, hs, "attention_backward_dq", shared)?;
+    let dq = kernel(gpu, hs, X::DTYPE, "attention_backward_dq", shared)?;
     // SAFETY: as above.
     unsafe { gpu.launch(&dq, blocks_config(t, b * nh, BR, shared), &args) }?;
 
     let shared = (2 * BK * (hs + 1) + 2 * BQ * hs + 2 * BQ) * size_of::<f32>();
-    let dkv = kernel(gpu, hs, "attention_backward_dkv", shared)?;
+    let dkv = kernel(gpu, hs, X::DTYPE, "attention_backward_dkv", shared)?;
     // SAFETY: as above.
     unsafe { gpu.launch(&dkv, blocks_config(t, b * nh, BK, shared), &args) }
 }

@@ -3,11 +3,13 @@
 //!
 //! Dimension legend: N rows (B*T), V vocabulary size. A target outside `0..V`
 //! (which the CPU kernel rejects with a panic) gives a NaN loss and NaN
-//! gradients for its row.
+//! gradients for its row. Logits are `f32` or [`super::Bf16`] ([`Storage`]);
+//! the log-sum-exps and losses are fp32.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::CROSSENTROPY;
+use super::storage::Storage;
 use super::{Arg, CudaError, Gpu, config_1d, dim};
 
 /// Threads per row (one block per row).
@@ -20,11 +22,11 @@ fn rows_config(n: usize) -> LaunchConfig {
 
 /// GPU [`crate::crossentropy_forward`]: `lse[i] = log Σ_j exp(logits[i, j])` and
 /// `losses[i] = lse[i] - logits[i, targets[i]]`.
-pub fn crossentropy_forward(
+pub fn crossentropy_forward<X: Storage>(
     gpu: &Gpu,
     losses: &mut impl DevicePtrMut<f32>,
     lse: &mut impl DevicePtrMut<f32>,
-    logits: &impl DevicePtr<f32>,
+    logits: &impl DevicePtr<X>,
     targets: &impl DevicePtr<u32>,
     n: usize,
     v: usize,
@@ -37,7 +39,7 @@ pub fn crossentropy_forward(
         return Ok(());
     }
     assert!(v > 0, "cross-entropy over an empty vocabulary");
-    let f = gpu.function(&CROSSENTROPY, None, "crossentropy_forward")?;
+    let f = gpu.function(&CROSSENTROPY, None, X::DTYPE, "crossentropy_forward")?;
     let args = [
         gpu.output(losses),
         gpu.output(lse),
@@ -52,9 +54,9 @@ pub fn crossentropy_forward(
 
 /// GPU [`crate::crossentropy_backward_inplace`]: overwrites `logits` with
 /// `dloss · (softmax(logits) - onehot(targets))`, using the saved `lse`.
-pub fn crossentropy_backward_inplace(
+pub fn crossentropy_backward_inplace<X: Storage>(
     gpu: &Gpu,
-    logits: &mut impl DevicePtrMut<f32>,
+    logits: &mut impl DevicePtrMut<X>,
     lse: &impl DevicePtr<f32>,
     targets: &impl DevicePtr<u32>,
     dloss: f32,
@@ -68,7 +70,7 @@ pub fn crossentropy_backward_inplace(
         return Ok(());
     }
     assert!(v > 0, "cross-entropy over an empty vocabulary");
-    let f = gpu.function(&CROSSENTROPY, None, "crossentropy_backward_inplace")?;
+    let f = gpu.function(&CROSSENTROPY, None, X::DTYPE, "crossentropy_backward_inplace")?;
     let args = [
         gpu.output(logits),
         gpu.input(lse),

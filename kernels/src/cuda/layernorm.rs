@@ -1,5 +1,6 @@
 //! Layer normalization on the GPU (`kernels/cuda/layernorm.cu`); the CPU
-//! version is [`crate::layernorm`].
+//! version is [`crate::layernorm`]. Inputs, outputs and weights are `f32` or
+//! [`super::Bf16`] ([`Storage`]); statistics and weight gradients are fp32.
 //!
 //! Dimension legend: N rows (B*T), C channels.
 
@@ -7,6 +8,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::LAYERNORM;
 use super::reduce::{ROWS_PER_CHUNK, accumulate_partials, column_chunks_config};
+use super::storage::Storage;
 use super::{Arg, CudaError, Gpu, config_1d, dim};
 
 /// Rows per block of the one-warp-per-row kernels (8 warps).
@@ -20,14 +22,14 @@ fn rows_config(n: usize) -> LaunchConfig {
 
 /// GPU [`crate::layernorm_forward`]: `out = (inp - mean) * rstd * weight + bias`
 /// per row; saves `mean[N]`, `rstd[N]`.
-pub fn layernorm_forward(
+pub fn layernorm_forward<X: Storage>(
     gpu: &Gpu,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<X>,
     mean: &mut impl DevicePtrMut<f32>,
     rstd: &mut impl DevicePtrMut<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
-    bias: &impl DevicePtr<f32>,
+    inp: &impl DevicePtr<X>,
+    weight: &impl DevicePtr<X>,
+    bias: &impl DevicePtr<X>,
     n: usize,
     c: usize,
     eps: f32,
@@ -41,7 +43,7 @@ pub fn layernorm_forward(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&LAYERNORM, None, "layernorm_forward")?;
+    let f = gpu.function(&LAYERNORM, None, X::DTYPE, "layernorm_forward")?;
     let args = [
         gpu.output(out),
         gpu.output(mean),
@@ -59,14 +61,14 @@ pub fn layernorm_forward(
 
 /// GPU [`crate::layernorm_backward`]; accumulates into `dinp`, `dweight`, `dbias`.
 /// The weight and bias gradients are summed in a fixed order (deterministic).
-pub fn layernorm_backward(
+pub fn layernorm_backward<X: Storage>(
     gpu: &Gpu,
-    dinp: &mut impl DevicePtrMut<f32>,
+    dinp: &mut impl DevicePtrMut<X>,
     dweight: &mut impl DevicePtrMut<f32>,
     dbias: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<X>,
+    inp: &impl DevicePtr<X>,
+    weight: &impl DevicePtr<X>,
     mean: &impl DevicePtr<f32>,
     rstd: &impl DevicePtr<f32>,
     n: usize,
@@ -83,7 +85,7 @@ pub fn layernorm_backward(
     if n == 0 || c == 0 {
         return Ok(());
     }
-    let input_grad = gpu.function(&LAYERNORM, None, "layernorm_backward_input")?;
+    let input_grad = gpu.function(&LAYERNORM, None, X::DTYPE, "layernorm_backward_input")?;
     let args = [
         gpu.output(dinp),
         gpu.input(dout),
@@ -99,7 +101,7 @@ pub fn layernorm_backward(
 
     let chunks = n.div_ceil(ROWS_PER_CHUNK);
     let mut partial = gpu.zeros::<f32>(chunks * 2 * c)?;
-    let partial_kernel = gpu.function(&LAYERNORM, None, "layernorm_backward_params_partial")?;
+    let partial_kernel = gpu.function(&LAYERNORM, None, X::DTYPE, "layernorm_backward_params_partial")?;
     let cfg = column_chunks_config(c, chunks);
     let args = [
         gpu.output(&mut partial),

@@ -14,6 +14,12 @@
 //! `kernels/cuda/` are compiled by NVRTC on first use, for the device's own
 //! architecture, and cached per `Gpu`.
 //!
+//! Activations and weights can be stored in fp32 or bf16: the kernels that
+//! read or write them are generic over the element type ([`Storage`]: `f32`
+//! or [`Bf16`]) and each `.cu` source is compiled once per type, computing in
+//! fp32 either way. Gradients of parameters, moments, statistics (layernorm
+//! mean and rstd, log-sum-exps) and losses are always fp32.
+//!
 //! Dimension letters as in the crate root: B, T, C, OC, NH, hs, V, N = B*T.
 
 mod adamw;
@@ -26,6 +32,7 @@ mod error;
 mod layernorm;
 mod matmul;
 mod reduce;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -39,16 +46,20 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-pub use adamw::{adamw_update, scale_inplace, sum_of_squares};
+pub use adamw::{adamw_update, adamw_update_with_copy, scale_inplace, sum_of_squares};
 pub use attention::{attention_backward, attention_forward};
 pub use compile::{KernelSource, SOURCES, compile_cubin, nvrtc_available, nvrtc_version};
 pub use crossentropy::{crossentropy_backward_inplace, crossentropy_forward};
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-pub use elementwise::{add_inplace, f32_to_bf16, gelu_backward, gelu_forward, residual_forward};
+pub use elementwise::{
+    add_inplace, f32_to_bf16, f32_to_storage, gelu_backward, gelu_forward, residual_forward,
+    storage_to_f32,
+};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use error::CudaError;
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use matmul::{Products, gemm_bf16, matmul_backward, matmul_forward};
+pub use storage::{Bf16, Dtype, Storage, to_f32s, to_storage};
 
 /// Threads per block of the elementwise (grid-stride) kernels.
 const THREADS: u32 = 256;
@@ -130,6 +141,20 @@ pub fn driver_available() -> bool {
     unsafe { driver_sys::is_culib_present() }
 }
 
+/// How many GPUs the driver sees (0 when the driver is installed but no GPU is
+/// visible); [`CudaError::LibraryMissing`] without a driver.
+pub fn device_count() -> Result<usize, CudaError> {
+    if !driver_available() {
+        return Err(CudaError::LibraryMissing { library: "cuda" });
+    }
+    match CudaContext::device_count() {
+        Ok(count) => Ok(count.max(0) as usize),
+        // cuInit says so when the driver is installed but no GPU is visible.
+        Err(e) if e.0 == driver_sys::CUresult::CUDA_ERROR_NO_DEVICE => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A kernel argument: a device address or a scalar.
 #[derive(Clone, Copy, Debug)]
 enum Arg {
@@ -139,8 +164,9 @@ enum Arg {
     F32(f32),
 }
 
-/// A compiled module's source name and head size (`-DHS`, attention only).
-type ModuleKey = (&'static str, Option<usize>);
+/// A compiled module's source name, head size (`-DHS`, attention only) and
+/// storage type.
+type ModuleKey = (&'static str, Option<usize>, Dtype);
 
 /// One GPU: its context, its one stream, a cuBLAS handle and the kernels
 /// compiled so far.
@@ -159,13 +185,9 @@ impl Gpu {
         if !driver_available() {
             return Err(CudaError::LibraryMissing { library: "cuda" });
         }
-        let count = match CudaContext::device_count() {
-            Ok(count) => count,
-            // cuInit says so when the driver is installed but no GPU is visible.
-            Err(e) if e.0 == driver_sys::CUresult::CUDA_ERROR_NO_DEVICE => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if ordinal >= count.max(0) as usize {
+        let count = device_count()?;
+        if ordinal >= count {
+            let count = count as i32;
             return Err(CudaError::NoDevice { ordinal, count });
         }
         // SAFETY: only tries to open the library.
@@ -287,39 +309,47 @@ impl Gpu {
     }
 
     /// Compiles every source for this device now (otherwise each compiles on
-    /// first use), with `head_size` for the attention kernels.
+    /// first use), in every storage type, with `head_size` for the attention
+    /// kernels.
     pub fn compile_all(&self, head_size: usize) -> Result<(), CudaError> {
         for source in &SOURCES {
-            self.module(source, source.needs_head_size.then_some(head_size))?;
+            for &dtype in source.dtypes() {
+                self.module(source, source.needs_head_size.then_some(head_size), dtype)?;
+            }
         }
         Ok(())
     }
 
-    /// The module of `source` (and head size), compiled and loaded on first use.
+    /// The module of `source` (head size, storage type), compiled and loaded on
+    /// first use.
     fn module(
         &self,
         source: &KernelSource,
         head_size: Option<usize>,
+        dtype: Dtype,
     ) -> Result<Arc<CudaModule>, CudaError> {
-        let key = (source.name, head_size);
+        // A source without `floatX` has one module for both types.
+        let dtype = if source.per_dtype { dtype } else { Dtype::F32 };
+        let key = (source.name, head_size, dtype);
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(module) = modules.get(&key) {
             return Ok(module.clone());
         }
-        let cubin = compile_cubin(source, &self.arch, head_size)?;
+        let cubin = compile_cubin(source, &self.arch, head_size, dtype)?;
         let module = self.ctx.load_module(Ptx::from_binary(cubin))?;
         modules.insert(key, module.clone());
         Ok(module)
     }
 
-    /// Kernel `name` of `source`.
+    /// Kernel `name` of `source`, compiled for `dtype`.
     fn function(
         &self,
         source: &KernelSource,
         head_size: Option<usize>,
+        dtype: Dtype,
         name: &str,
     ) -> Result<CudaFunction, CudaError> {
-        Ok(self.module(source, head_size)?.load_function(name)?)
+        Ok(self.module(source, head_size, dtype)?.load_function(name)?)
     }
 
     /// Launches `f` with `args`.

@@ -1,12 +1,14 @@
 //! Deterministic column sums on the GPU (`kernels/cuda/reduce.cu`): one partial
 //! sum per chunk of rows, then the chunks added in order. Used for the bias,
-//! LayerNorm-parameter and position-embedding gradients.
+//! LayerNorm-parameter and position-embedding gradients. The summed rows are
+//! `f32` or [`super::Bf16`]; partials and sums are fp32.
 //!
 //! Dimension legend: N rows, C columns.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::compile::REDUCE;
+use super::storage::{Dtype, Storage};
 use super::{CudaError, Gpu, config_1d, dim};
 
 /// Rows per chunk of the partial sums.
@@ -34,7 +36,7 @@ pub(super) fn accumulate_partials(
 ) -> Result<(), CudaError> {
     assert_eq!(dst.len(), c);
     assert!(chunks == 0 || partial.len() >= (chunks - 1) * stride + c);
-    let f = gpu.function(&REDUCE, None, "accumulate_partials")?;
+    let f = gpu.function(&REDUCE, None, Dtype::F32, "accumulate_partials")?;
     let cfg = config_1d(c.div_ceil(256).max(1), 256);
     let args = [
         gpu.output(dst),
@@ -49,10 +51,10 @@ pub(super) fn accumulate_partials(
 
 /// `dst[col] += Σ_rows x[row, col]` for `x` of `[n, c]`, in a fixed order
 /// (reduce.cu's two passes).
-pub(super) fn column_sums_accumulate(
+pub(super) fn column_sums_accumulate<X: Storage>(
     gpu: &Gpu,
     dst: &mut impl DevicePtrMut<f32>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<X>,
     n: usize,
     c: usize,
 ) -> Result<(), CudaError> {
@@ -63,7 +65,7 @@ pub(super) fn column_sums_accumulate(
     }
     let chunks = n.div_ceil(ROWS_PER_CHUNK);
     let mut partial = gpu.zeros::<f32>(chunks * c)?;
-    let f = gpu.function(&REDUCE, None, "column_partial_sums")?;
+    let f = gpu.function(&REDUCE, None, X::DTYPE, "column_partial_sums")?;
     let cfg = column_chunks_config(c, chunks);
     let args = [
         gpu.output(&mut partial),

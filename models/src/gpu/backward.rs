@@ -1,11 +1,14 @@
-//! The backward pass of [`GpuGpt`], in the op order of [`crate::Gpt::backward`].
+//! The backward pass of [`GpuGpt`], in the op order of [`crate::Gpt::backward`],
+//! generic over the storage type of the weights and activations (`f32`, or
+//! `Bf16` in mixed precision); the parameter gradients are fp32 in both.
 
 use std::ops::Range;
 
 use shoal_kernels::WeightLayout;
-use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu};
+use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu, Storage};
 
-use super::{GpuGpt, GpuModelError};
+use super::forward::Acts;
+use super::{Compute, Dims, GpuGpt, GpuModelError, Ranges};
 use crate::ModelError;
 
 /// `(dw, db)`: mutable views of two tensors of `$buf`, `$first` before `$second`.
@@ -17,25 +20,25 @@ macro_rules! split_two {
     };
 }
 
-/// The flat parameters and gradients, and the row count N, that every layer's
+/// The flat weights and gradients, and the row count N, that every layer's
 /// backward reads and accumulates into.
-struct FlatBuffers<'a> {
+struct FlatBuffers<'a, X> {
     gpu: &'a Gpu,
-    params: &'a CudaSlice<f32>,
+    weights: &'a CudaSlice<X>,
     grads: &'a mut CudaSlice<f32>,
     n: usize,
 }
 
-impl FlatBuffers<'_> {
+impl<X: Storage> FlatBuffers<'_, X> {
     /// Backward of a dense layer `out = inp · W + b` (`W` `[C, OC]` at `w`, `b`
     /// `[OC]` at `bias` in the flat buffers): accumulates into `dinp` and the
     /// gradients of `W` and `b`.
     fn dense(
         &mut self,
         (w, bias): (&Range<usize>, &Range<usize>),
-        dinp: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        inp: &CudaSlice<f32>,
+        dinp: &mut CudaSlice<X>,
+        dout: &CudaSlice<X>,
+        inp: &CudaSlice<X>,
         c: usize,
         oc: usize,
     ) -> Result<(), CudaError> {
@@ -47,7 +50,7 @@ impl FlatBuffers<'_> {
             Some(&mut db),
             dout,
             inp,
-            &self.params.slice(w.clone()),
+            &self.weights.slice(w.clone()),
             self.n,
             c,
             oc,
@@ -60,9 +63,9 @@ impl FlatBuffers<'_> {
     fn layernorm(
         &mut self,
         (w, bias): (&Range<usize>, &Range<usize>),
-        dinp: &mut CudaSlice<f32>,
-        dout: &CudaSlice<f32>,
-        inp: &CudaSlice<f32>,
+        dinp: &mut CudaSlice<X>,
+        dout: &CudaSlice<X>,
+        inp: &CudaSlice<X>,
         (mean, rstd): (&CudaSlice<f32>, &CudaSlice<f32>),
         c: usize,
     ) -> Result<(), CudaError> {
@@ -74,7 +77,7 @@ impl FlatBuffers<'_> {
             &mut db,
             dout,
             inp,
-            &self.params.slice(w.clone()),
+            &self.weights.slice(w.clone()),
             mean,
             rstd,
             self.n,
@@ -92,124 +95,135 @@ impl GpuGpt {
             return Err(ModelError::NoForward.into());
         }
         self.ready_for_backward = false;
-        let (b, t) = (self.b, self.t);
-        let cfg = &self.config;
-        let (n, c, nh, v) = (b * t, cfg.n_embd, cfg.n_head, cfg.vocab_size);
-        let stream = gpu.stream();
-        let Self {
-            params: p,
-            grads: g,
-            scratch: s,
-            acts,
-            ..
-        } = self;
-        for buf in [&mut s.dresidual, &mut s.dln] {
-            stream.memset_zeros(buf).map_err(CudaError::from)?;
+        let (d, r, g) = (&self.dims, &self.ranges, &mut self.grads);
+        let (toks, tgts) = (&self.tokens, &self.targets);
+        match &mut self.compute {
+            Compute::Fp32(acts) => {
+                backward_pass(gpu, d, r, &self.params, g, acts, toks, tgts, loss_scale)?
+            }
+            Compute::Bf16 { weights, acts } => {
+                backward_pass(gpu, d, r, weights, g, acts, toks, tgts, loss_scale)?
+            }
         }
-        k::crossentropy_backward_inplace(
-            gpu,
-            &mut self.logits,
-            &self.lse,
-            &self.targets,
-            loss_scale / n as f32,
-            n,
-            v,
-        )?;
-        let wte = p.slice(self.wte.clone());
-        let no_grad: Option<&mut CudaSlice<f32>> = None;
-        k::matmul_backward(
-            gpu,
-            Some(&mut s.dln),
-            &mut g.slice_mut(self.wte.clone()),
-            no_grad,
-            &self.logits,
-            &self.lnf,
-            &wte,
-            n,
+        Ok(())
+    }
+}
+
+/// The backward pass with weights `p` (at `r`) over the activations `a` of the
+/// last forward pass on `tokens`, `targets`: accumulates into `grads`.
+fn backward_pass<X: Storage>(
+    gpu: &Gpu,
+    d: &Dims,
+    r: &Ranges,
+    p: &CudaSlice<X>,
+    grads: &mut CudaSlice<f32>,
+    a: &mut Acts<X>,
+    tokens: &CudaSlice<u32>,
+    targets: &CudaSlice<u32>,
+    loss_scale: f32,
+) -> Result<(), CudaError> {
+    let (b, t, c, nh, v) = (d.b, d.t, d.c, d.nh, d.v);
+    let n = d.n();
+    let stream = gpu.stream();
+    let Acts {
+        encoded,
+        blocks,
+        lnf,
+        lnf_mean,
+        lnf_rstd,
+        logits,
+        lse,
+        scratch: s,
+        ..
+    } = a;
+    for buf in [&mut s.dresidual, &mut s.dln] {
+        stream.memset_zeros(buf)?;
+    }
+    k::crossentropy_backward_inplace(gpu, logits, lse, targets, loss_scale / n as f32, n, v)?;
+    let wte = p.slice(r.wte.clone());
+    let no_grad: Option<&mut CudaSlice<f32>> = None;
+    k::matmul_backward(
+        gpu,
+        Some(&mut s.dln),
+        &mut grads.slice_mut(r.wte.clone()),
+        no_grad,
+        logits,
+        lnf,
+        &wte,
+        n,
+        c,
+        v,
+        WeightLayout::OutIn,
+    )?;
+    let mut flat = FlatBuffers {
+        gpu,
+        weights: p,
+        grads,
+        n,
+    };
+    let last = blocks.last().map_or(&*encoded, |x| &x.residual3);
+    flat.layernorm(
+        (&r.lnf_w, &r.lnf_b),
+        &mut s.dresidual,
+        &s.dln,
+        last,
+        (lnf_mean, lnf_rstd),
+        c,
+    )?;
+    for (l, w) in r.blocks.iter().enumerate().rev() {
+        let (before, rest) = blocks.split_at(l);
+        let x = &rest[0];
+        let residual = before.last().map_or(&*encoded, |prev| &prev.residual3);
+        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+        for buf in [&mut s.dfch_gelu, &mut s.dfch, &mut s.dln] {
+            stream.memset_zeros(buf)?;
+        }
+        flat.dense(
+            (&w.fcproj_w, &w.fcproj_b),
+            &mut s.dfch_gelu,
+            &s.dresidual,
+            &x.fch_gelu,
+            4 * c,
             c,
-            v,
-            WeightLayout::OutIn,
         )?;
-        let mut flat = FlatBuffers {
-            gpu,
-            params: p,
-            grads: g,
-            n,
-        };
-        let last = acts.last().map_or(&self.encoded, |a| &a.residual3);
+        k::gelu_backward(gpu, &mut s.dfch, &x.fch, &s.dfch_gelu)?;
+        flat.dense((&w.fc_w, &w.fc_b), &mut s.dln, &s.dfch, &x.ln2, c, 4 * c)?;
         flat.layernorm(
-            (&self.lnf_w, &self.lnf_b),
+            (&w.ln2_w, &w.ln2_b),
             &mut s.dresidual,
             &s.dln,
-            last,
-            (&self.lnf_mean, &self.lnf_rstd),
+            &x.residual2,
+            (&x.ln2_mean, &x.ln2_rstd),
             c,
         )?;
-        for (l, w) in self.blocks.iter().enumerate().rev() {
-            let (before, rest) = acts.split_at(l);
-            let a = &rest[0];
-            let residual = before.last().map_or(&self.encoded, |prev| &prev.residual3);
-            // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-            for buf in [&mut s.dfch_gelu, &mut s.dfch, &mut s.dln] {
-                stream.memset_zeros(buf).map_err(CudaError::from)?;
-            }
-            flat.dense(
-                (&w.fcproj_w, &w.fcproj_b),
-                &mut s.dfch_gelu,
-                &s.dresidual,
-                &a.fch_gelu,
-                4 * c,
-                c,
-            )?;
-            k::gelu_backward(gpu, &mut s.dfch, &a.fch, &s.dfch_gelu)?;
-            flat.dense((&w.fc_w, &w.fc_b), &mut s.dln, &s.dfch, &a.ln2, c, 4 * c)?;
-            flat.layernorm(
-                (&w.ln2_w, &w.ln2_b),
-                &mut s.dresidual,
-                &s.dln,
-                &a.residual2,
-                (&a.ln2_mean, &a.ln2_rstd),
-                c,
-            )?;
-            // Attention: residual2 = residual + attproj(attn(qkv(ln1(residual)))).
-            for buf in [&mut s.datty, &mut s.dqkv, &mut s.dln] {
-                stream.memset_zeros(buf).map_err(CudaError::from)?;
-            }
-            let attproj = (&w.attproj_w, &w.attproj_b);
-            flat.dense(attproj, &mut s.datty, &s.dresidual, &a.atty, c, c)?;
-            k::attention_backward(
-                gpu,
-                &mut s.dqkv,
-                &s.datty,
-                &a.qkv,
-                &a.atty,
-                &a.att_lse,
-                b,
-                t,
-                c,
-                nh,
-            )?;
-            flat.dense((&w.qkv_w, &w.qkv_b), &mut s.dln, &s.dqkv, &a.ln1, c, 3 * c)?;
-            flat.layernorm(
-                (&w.ln1_w, &w.ln1_b),
-                &mut s.dresidual,
-                &s.dln,
-                residual,
-                (&a.ln1_mean, &a.ln1_rstd),
-                c,
-            )?;
+        // Attention: residual2 = residual + attproj(attn(qkv(ln1(residual)))).
+        for buf in [&mut s.datty, &mut s.dqkv, &mut s.dln] {
+            stream.memset_zeros(buf)?;
         }
-        split_two!(flat.grads, self.wte, self.wpe, dwte, dwpe);
-        k::embedding_backward(
+        let attproj = (&w.attproj_w, &w.attproj_b);
+        flat.dense(attproj, &mut s.datty, &s.dresidual, &x.atty, c, c)?;
+        k::attention_backward(
             gpu,
-            &mut dwte,
-            &mut dwpe,
-            &s.dresidual,
-            &self.tokens,
+            &mut s.dqkv,
+            &s.datty,
+            &x.qkv,
+            &x.atty,
+            &x.att_lse,
             b,
             t,
             c,
+            nh,
         )?;
-        Ok(())
+        flat.dense((&w.qkv_w, &w.qkv_b), &mut s.dln, &s.dqkv, &x.ln1, c, 3 * c)?;
+        flat.layernorm(
+            (&w.ln1_w, &w.ln1_b),
+            &mut s.dresidual,
+            &s.dln,
+            residual,
+            (&x.ln1_mean, &x.ln1_rstd),
+            c,
+        )?;
     }
+    split_two!(flat.grads, r.wte, r.wpe, dwte, dwpe);
+    k::embedding_backward(gpu, &mut dwte, &mut dwpe, &s.dresidual, tokens, b, t, c)
 }

@@ -1,21 +1,39 @@
 //! GPT-2 training on one GPU (built with the `cuda` feature): the flat
 //! parameters, gradients and AdamW moments live on the device, and forward,
-//! backward and the optimizer step run on `shoal_kernels::cuda` (cuBLAS fp32
+//! backward and the optimizer step run on `shoal_kernels::cuda` (cuBLAS
 //! products, NVRTC-compiled kernels), in the same op order and layouts as
 //! [`crate::Gpt`], so results can be held to the CPU model.
+//!
+//! In [`Precision::Fp32`] everything is fp32 (and the products follow
+//! [`Gpu::set_products`]). In [`Precision::Bf16`] (mixed precision, llm.c's
+//! `floatX` design) the model keeps:
+//! - fp32 master parameters, fp32 AdamW moments, and fp32 parameter gradients:
+//!   cuBLAS writes the weight gradients of bf16 products straight into fp32
+//!   (`CUBLAS_COMPUTE_32F`, fp32 output) and the other kernels accumulate in
+//!   fp32, so gradients are never rounded to bf16 and accumulate exactly over
+//!   micro-batches (2Ψ more than the ZeRO paper's bf16 gradients, see
+//!   [`GpuGpt::state_bytes`]);
+//! - a bf16 copy of the parameters, rewritten by the fused AdamW kernel at each
+//!   step, that every forward and backward kernel and product reads;
+//! - bf16 activations and activation gradients (layernorm outputs, qkv,
+//!   attention output, MLP hidden states, residual stream, logits), with the
+//!   layernorm statistics, softmax / log-sum-exp, losses and every sum in fp32.
 //!
 //! Dimensions: B batch, T time, C channels, NH heads, V vocab, L layers, N = B·T.
 
 use std::ops::Range;
 
-use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu};
-use shoal_kernels::{AdamW, DecaySpan, WeightLayout, clip_coefficient};
+use shoal_kernels::cuda::{self as k, Bf16, CudaError, CudaSlice, Gpu};
+use shoal_kernels::{AdamW, DecaySpan, clip_coefficient};
 
 use crate::gpt::BlockRanges;
 use crate::parts::check_len;
-use crate::{GptConfig, ModelError, ParamLayout};
+use crate::{GptConfig, ModelError, ParamLayout, Precision, StateBytes};
+
+use forward::{Acts, forward_pass};
 
 mod backward;
+mod forward;
 #[cfg(test)]
 mod tests;
 
@@ -30,72 +48,82 @@ pub enum GpuModelError {
     Cuda(#[from] CudaError),
 }
 
-/// One block's activations on the device, kept from forward for backward.
-struct BlockActs {
-    ln1: CudaSlice<f32>,       // [N, C]
-    ln1_mean: CudaSlice<f32>,  // [N]
-    ln1_rstd: CudaSlice<f32>,  // [N]
-    qkv: CudaSlice<f32>,       // [N, 3C]
-    atty: CudaSlice<f32>,      // [N, C]
-    att_lse: CudaSlice<f32>,   // [B, NH, T]
-    residual2: CudaSlice<f32>, // [N, C]
-    ln2: CudaSlice<f32>,       // [N, C]
-    ln2_mean: CudaSlice<f32>,  // [N]
-    ln2_rstd: CudaSlice<f32>,  // [N]
-    fch: CudaSlice<f32>,       // [N, 4C]
-    fch_gelu: CudaSlice<f32>,  // [N, 4C]
-    residual3: CudaSlice<f32>, // [N, C]
-}
-
-/// Backward scratch, reused across blocks.
-struct Scratch {
-    dresidual: CudaSlice<f32>, // [N, C]
-    dln: CudaSlice<f32>,       // [N, C]
-    datty: CudaSlice<f32>,     // [N, C]
-    dqkv: CudaSlice<f32>,      // [N, 3C]
-    dfch_gelu: CudaSlice<f32>, // [N, 4C]
-    dfch: CudaSlice<f32>,      // [N, 4C]
-}
-
-/// A GPT-2 with its parameters, gradients, AdamW moments and activations (for one
-/// (B, T)) on one GPU.
-pub struct GpuGpt {
-    config: GptConfig,
+/// The dimensions of one model at one (B, T).
+struct Dims {
     b: usize,
     t: usize,
-    spans: Vec<DecaySpan>,
+    c: usize,
+    nh: usize,
+    v: usize,
+    eps: f32,
+}
+
+impl Dims {
+    /// Rows: N = B·T.
+    fn n(&self) -> usize {
+        self.b * self.t
+    }
+}
+
+/// Where each tensor lies in the flat parameter buffers.
+struct Ranges {
     wte: Range<usize>,
     wpe: Range<usize>,
     lnf_w: Range<usize>,
     lnf_b: Range<usize>,
     blocks: Vec<BlockRanges>,
+}
+
+/// The activations, and in mixed precision the bf16 compute copy of the
+/// parameters.
+enum Compute {
+    /// fp32 activations; the products read the fp32 parameters.
+    Fp32(Acts<f32>),
+    /// bf16 activations and a bf16 copy of the parameters.
+    Bf16 { weights: CudaSlice<Bf16>, acts: Acts<Bf16> },
+}
+
+/// A GPT-2 with its parameters, gradients, AdamW moments and activations (for one
+/// (B, T)) on one GPU, in fp32 or mixed precision ([`Precision`]).
+pub struct GpuGpt {
+    config: GptConfig,
+    dims: Dims,
+    spans: Vec<DecaySpan>,
+    ranges: Ranges,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     tokens: CudaSlice<u32>,
     targets: CudaSlice<u32>,
-    encoded: CudaSlice<f32>, // [N, C]
-    acts: Vec<BlockActs>,
-    lnf: CudaSlice<f32>,      // [N, C]
-    lnf_mean: CudaSlice<f32>, // [N]
-    lnf_rstd: CudaSlice<f32>, // [N]
-    logits: CudaSlice<f32>,   // [N, V]; overwritten by dlogits in backward
-    lse: CudaSlice<f32>,      // [N]
-    losses: CudaSlice<f32>,   // [N]
-    scratch: Scratch,
+    compute: Compute,
     ready_for_backward: bool,
 }
 
 impl GpuGpt {
     /// Uploads `params` (in [`ParamLayout`] order) and allocates zeroed
-    /// gradients, moments and the activations for batch `b`, sequence length `t`.
+    /// gradients, moments and the activations for batch `b`, sequence length
+    /// `t`, all in fp32.
     pub fn new(
         gpu: &Gpu,
         config: GptConfig,
         params: &[f32],
         b: usize,
         t: usize,
+    ) -> Result<Self, GpuModelError> {
+        Self::with_precision(gpu, config, params, b, t, Precision::Fp32)
+    }
+
+    /// [`GpuGpt::new`] in `precision`: with [`Precision::Bf16`], bf16
+    /// activations and a bf16 compute copy of the parameters beside the fp32
+    /// master parameters, gradients and moments (see the module docs).
+    pub fn with_precision(
+        gpu: &Gpu,
+        config: GptConfig,
+        params: &[f32],
+        b: usize,
+        t: usize,
+        precision: Precision,
     ) -> Result<Self, GpuModelError> {
         config.validate()?;
         if t > config.n_positions {
@@ -109,65 +137,77 @@ impl GpuGpt {
         let layout = ParamLayout::new(&config);
         check_len("params", layout.len(), params.len())?;
         let r = |name: &str| layout.get(name).map(|t| t.range()).expect("GPT tensor");
-        let blocks = BlockRanges::all(&layout, config.n_layer);
-        let (n, c, nh, v) = (b * t, config.n_embd, config.n_head, config.vocab_size);
-        let z = |len: usize| gpu.zeros::<f32>(len);
-        let acts = (0..config.n_layer)
-            .map(|_| {
-                Ok(BlockActs {
-                    ln1: z(n * c)?,
-                    ln1_mean: z(n)?,
-                    ln1_rstd: z(n)?,
-                    qkv: z(n * 3 * c)?,
-                    atty: z(n * c)?,
-                    att_lse: z(b * nh * t)?,
-                    residual2: z(n * c)?,
-                    ln2: z(n * c)?,
-                    ln2_mean: z(n)?,
-                    ln2_rstd: z(n)?,
-                    fch: z(n * 4 * c)?,
-                    fch_gelu: z(n * 4 * c)?,
-                    residual3: z(n * c)?,
-                })
-            })
-            .collect::<Result<Vec<_>, CudaError>>()?;
-        Ok(GpuGpt {
+        let dims = Dims {
             b,
             t,
+            c: config.n_embd,
+            nh: config.n_head,
+            v: config.vocab_size,
+            eps: config.layer_norm_eps,
+        };
+        let master = gpu.upload(params)?;
+        let compute = match precision {
+            Precision::Fp32 => Compute::Fp32(Acts::new(gpu, &dims, config.n_layer)?),
+            Precision::Bf16 => {
+                let mut weights = gpu.zeros::<Bf16>(layout.len())?;
+                k::f32_to_storage(gpu, &mut weights, &master)?;
+                let acts = Acts::new(gpu, &dims, config.n_layer)?;
+                Compute::Bf16 { weights, acts }
+            }
+        };
+        let z = |len: usize| gpu.zeros::<f32>(len);
+        Ok(GpuGpt {
             spans: layout.decay_spans(),
-            wte: r("wte.weight"),
-            wpe: r("wpe.weight"),
-            lnf_w: r("ln_f.weight"),
-            lnf_b: r("ln_f.bias"),
-            blocks,
-            params: gpu.upload(params)?,
+            ranges: Ranges {
+                wte: r("wte.weight"),
+                wpe: r("wpe.weight"),
+                lnf_w: r("ln_f.weight"),
+                lnf_b: r("ln_f.bias"),
+                blocks: BlockRanges::all(&layout, config.n_layer),
+            },
+            params: master,
             grads: z(layout.len())?,
             m: z(layout.len())?,
             v: z(layout.len())?,
-            tokens: gpu.zeros(n)?,
-            targets: gpu.zeros(n)?,
-            encoded: z(n * c)?,
-            acts,
-            lnf: z(n * c)?,
-            lnf_mean: z(n)?,
-            lnf_rstd: z(n)?,
-            logits: z(n * v)?,
-            lse: z(n)?,
-            losses: z(n)?,
-            scratch: Scratch {
-                dresidual: z(n * c)?,
-                dln: z(n * c)?,
-                datty: z(n * c)?,
-                dqkv: z(n * 3 * c)?,
-                dfch_gelu: z(n * 4 * c)?,
-                dfch: z(n * 4 * c)?,
-            },
+            tokens: gpu.zeros(b * t)?,
+            targets: gpu.zeros(b * t)?,
+            compute,
             ready_for_backward: false,
+            dims,
             config,
         })
     }
 
-    /// The parameters, copied back to the host.
+    /// The precision this model was built with.
+    pub fn precision(&self) -> Precision {
+        match self.compute {
+            Compute::Fp32(_) => Precision::Fp32,
+            Compute::Bf16 { .. } => Precision::Bf16,
+        }
+    }
+
+    /// The device bytes of the model states as this model holds them: the
+    /// compute parameters (fp32, or the bf16 copy), the fp32 gradients, and the
+    /// optimizer state (the two fp32 moments, plus the fp32 master parameters in
+    /// mixed precision). Compare [`crate::model_state_bytes`], the ZeRO paper's
+    /// count, which has bf16 gradients.
+    pub fn state_bytes(&self) -> StateBytes {
+        let psi = self.params.len() as u64;
+        match self.compute {
+            Compute::Fp32(_) => StateBytes {
+                params: 4 * psi,
+                grads: 4 * psi,
+                optimizer: 8 * psi,
+            },
+            Compute::Bf16 { .. } => StateBytes {
+                params: 2 * psi,
+                grads: 4 * psi,
+                optimizer: 12 * psi,
+            },
+        }
+    }
+
+    /// The (master, fp32) parameters, copied back to the host.
     pub fn params(&self, gpu: &Gpu) -> Result<Vec<f32>, GpuModelError> {
         Ok(gpu.download(&self.params)?)
     }
@@ -189,15 +229,18 @@ impl GpuGpt {
     }
 
     /// Replaces the parameters with `params` (in [`ParamLayout`] order), e.g. those a
-    /// data-parallel rank's optimizer shard just updated on the host.
+    /// data-parallel rank's optimizer shard just updated on the host; in mixed
+    /// precision the bf16 copy is refreshed from them.
     pub fn set_params(&mut self, gpu: &Gpu, params: &[f32]) -> Result<(), GpuModelError> {
         check_len("params", self.params.len(), params.len())?;
         gpu.stream()
             .memcpy_htod(params, &mut self.params)
             .map_err(CudaError::from)?;
+        if let Compute::Bf16 { weights, .. } = &mut self.compute {
+            k::f32_to_storage(gpu, weights, &self.params)?;
+        }
         Ok(())
     }
-
     /// The AdamW first and second moments, copied back to the host.
     pub fn moments(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>), GpuModelError> {
         Ok((gpu.download(&self.m)?, gpu.download(&self.v)?))
@@ -228,7 +271,7 @@ impl GpuGpt {
 
     /// Checks that `ids` holds N tokens below V.
     fn check_tokens(&self, what: &'static str, ids: &[u32]) -> Result<(), ModelError> {
-        check_len(what, self.b * self.t, ids.len())?;
+        check_len(what, self.dims.n(), ids.len())?;
         let vocab_size = self.config.vocab_size;
         match ids.iter().position(|&x| x as usize >= vocab_size) {
             Some(index) => Err(ModelError::TokenOutOfRange {
@@ -251,15 +294,6 @@ impl GpuGpt {
     ) -> Result<f32, GpuModelError> {
         self.check_tokens("tokens", tokens)?;
         self.check_tokens("targets", targets)?;
-        let (b, t) = (self.b, self.t);
-        let cfg = &self.config;
-        let (n, c, nh, v, eps) = (
-            b * t,
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.vocab_size,
-            cfg.layer_norm_eps,
-        );
         let stream = gpu.stream();
         stream
             .memcpy_htod(tokens, &mut self.tokens)
@@ -268,133 +302,29 @@ impl GpuGpt {
             .memcpy_htod(targets, &mut self.targets)
             .map_err(CudaError::from)?;
         self.ready_for_backward = false;
-        let p = &self.params;
-        let (wte, wpe) = (p.slice(self.wte.clone()), p.slice(self.wpe.clone()));
-        k::embedding_forward(gpu, &mut self.encoded, &self.tokens, &wte, &wpe, b, t, c)?;
-        for (l, w) in self.blocks.iter().enumerate() {
-            let (before, rest) = self.acts.split_at_mut(l);
-            let a = &mut rest[0];
-            let residual = before.last().map_or(&self.encoded, |prev| &prev.residual3);
-            let w_ = |r: &Range<usize>| p.slice(r.clone());
-            let inout = WeightLayout::InOut;
-            k::layernorm_forward(
-                gpu,
-                &mut a.ln1,
-                &mut a.ln1_mean,
-                &mut a.ln1_rstd,
-                residual,
-                &w_(&w.ln1_w),
-                &w_(&w.ln1_b),
-                n,
-                c,
-                eps,
-            )?;
-            k::matmul_forward(
-                gpu,
-                &mut a.qkv,
-                &a.ln1,
-                &w_(&w.qkv_w),
-                Some(&w_(&w.qkv_b)),
-                n,
-                c,
-                3 * c,
-                inout,
-            )?;
-            k::attention_forward(gpu, &mut a.atty, &mut a.att_lse, &a.qkv, b, t, c, nh)?;
-            k::matmul_forward(
-                gpu,
-                &mut a.residual2,
-                &a.atty,
-                &w_(&w.attproj_w),
-                Some(&w_(&w.attproj_b)),
-                n,
-                c,
-                c,
-                inout,
-            )?;
-            k::add_inplace(gpu, &mut a.residual2, residual)?;
-            k::layernorm_forward(
-                gpu,
-                &mut a.ln2,
-                &mut a.ln2_mean,
-                &mut a.ln2_rstd,
-                &a.residual2,
-                &w_(&w.ln2_w),
-                &w_(&w.ln2_b),
-                n,
-                c,
-                eps,
-            )?;
-            k::matmul_forward(
-                gpu,
-                &mut a.fch,
-                &a.ln2,
-                &w_(&w.fc_w),
-                Some(&w_(&w.fc_b)),
-                n,
-                c,
-                4 * c,
-                inout,
-            )?;
-            k::gelu_forward(gpu, &mut a.fch_gelu, &a.fch)?;
-            k::matmul_forward(
-                gpu,
-                &mut a.residual3,
-                &a.fch_gelu,
-                &w_(&w.fcproj_w),
-                Some(&w_(&w.fcproj_b)),
-                n,
-                4 * c,
-                c,
-                inout,
-            )?;
-            k::add_inplace(gpu, &mut a.residual3, &a.residual2)?;
-        }
-        let last = self.acts.last().map_or(&self.encoded, |a| &a.residual3);
-        let (lnf_w, lnf_b) = (p.slice(self.lnf_w.clone()), p.slice(self.lnf_b.clone()));
-        k::layernorm_forward(
-            gpu,
-            &mut self.lnf,
-            &mut self.lnf_mean,
-            &mut self.lnf_rstd,
-            last,
-            &lnf_w,
-            &lnf_b,
-            n,
-            c,
-            eps,
-        )?;
-        // Tied LM head: logits = lnf · wteᵀ, wte is [V, C].
-        let no_bias: Option<&CudaSlice<f32>> = None;
-        k::matmul_forward(
-            gpu,
-            &mut self.logits,
-            &self.lnf,
-            &wte,
-            no_bias,
-            n,
-            c,
-            v,
-            WeightLayout::OutIn,
-        )?;
-        k::crossentropy_forward(
-            gpu,
-            &mut self.losses,
-            &mut self.lse,
-            &self.logits,
-            &self.targets,
-            n,
-            v,
-        )?;
+        let (d, r) = (&self.dims, &self.ranges);
+        let (toks, tgts) = (&self.tokens, &self.targets);
+        let losses = match &mut self.compute {
+            Compute::Fp32(acts) => {
+                forward_pass(gpu, d, r, &self.params, acts, toks, tgts)?;
+                &acts.losses
+            }
+            Compute::Bf16 { weights, acts } => {
+                forward_pass(gpu, d, r, weights, acts, toks, tgts)?;
+                &acts.losses
+            }
+        };
+        let losses = gpu.download(losses)?;
         self.ready_for_backward = true;
         // Sum in f64 in a fixed order, as the CPU model does.
-        let losses = gpu.download(&self.losses)?;
+        let n = self.dims.n();
         Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32)
     }
 
     /// Clips the gradients to global norm `grad_clip` (torch semantics; 0 turns
     /// clipping off, as in the CPU trainer) and takes one AdamW step at 1-based
-    /// `step`; returns the norm before clipping.
+    /// `step`; returns the norm before clipping. In mixed precision the same
+    /// pass rewrites the bf16 copy of the parameters.
     pub fn step(
         &mut self,
         gpu: &Gpu,
@@ -409,16 +339,13 @@ impl GpuGpt {
                 k::scale_inplace(gpu, &mut self.grads, coef)?;
             }
         }
-        k::adamw_update(
-            gpu,
-            &mut self.params,
-            &self.grads,
-            &mut self.m,
-            &mut self.v,
-            hp,
-            step,
-            &self.spans,
-        )?;
+        let (p, g, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        match &mut self.compute {
+            Compute::Fp32(_) => k::adamw_update(gpu, p, g, m, v, hp, step, &self.spans)?,
+            Compute::Bf16 { weights, .. } => {
+                k::adamw_update_with_copy(gpu, p, weights, g, m, v, hp, step, &self.spans)?
+            }
+        }
         Ok(norm)
     }
 }
