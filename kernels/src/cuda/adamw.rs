@@ -86,7 +86,12 @@ fn adamw_launch(
     let bc2_sqrt = bias_correction2.sqrt() as f32;
     let one_minus_beta1 = (1.0 - hp.beta1 as f64) as f32;
     let one_minus_beta2 = (1.0 - hp.beta2 as f64) as f32;
-    let bases = [gpu.output(params), gpu.input(grads), gpu.output(m), gpu.output(v)];
+    let bases = [
+        gpu.output(params),
+        gpu.input(grads),
+        gpu.output(m),
+        gpu.output(v),
+    ];
     for span in spans {
         assert!(
             span.start <= span.end && span.end <= n,

@@ -70,7 +70,12 @@ pub fn crossentropy_backward_inplace<X: Storage>(
         return Ok(());
     }
     assert!(v > 0, "cross-entropy over an empty vocabulary");
-    let f = gpu.function(&CROSSENTROPY, None, X::DTYPE, "crossentropy_backward_inplace")?;
+    let f = gpu.function(
+        &CROSSENTROPY,
+        None,
+        X::DTYPE,
+        "crossentropy_backward_inplace",
+    )?;
     let args = [
         gpu.output(logits),
         gpu.input(lse),

@@ -101,7 +101,12 @@ pub fn layernorm_backward<X: Storage>(
 
     let chunks = n.div_ceil(ROWS_PER_CHUNK);
     let mut partial = gpu.zeros::<f32>(chunks * 2 * c)?;
-    let partial_kernel = gpu.function(&LAYERNORM, None, X::DTYPE, "layernorm_backward_params_partial")?;
+    let partial_kernel = gpu.function(
+        &LAYERNORM,
+        None,
+        X::DTYPE,
+        "layernorm_backward_params_partial",
+    )?;
     let cfg = column_chunks_config(c, chunks);
     let args = [
         gpu.output(&mut partial),

@@ -154,7 +154,10 @@ fn gemm<X: Storage, Y: Storage>(
             let (a_ptr, _a) = a.device_ptr(stream);
             let (b_ptr, _b) = b.device_ptr(stream);
             // X is f32 here: the buffers hold fp32 values.
-            let (a16, b16) = (bf16_copy(gpu, a_ptr, a.len())?, bf16_copy(gpu, b_ptr, b.len())?);
+            let (a16, b16) = (
+                bf16_copy(gpu, a_ptr, a.len())?,
+                bf16_copy(gpu, b_ptr, b.len())?,
+            );
             let (a_ptr, _a) = a16.device_ptr(stream);
             let (b_ptr, _b) = b16.device_ptr(stream);
             // SAFETY: as above; the bf16 copies have the layouts of `a` and `b`.

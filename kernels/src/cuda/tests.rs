@@ -51,7 +51,11 @@ fn every_kernel_compiles_for_sm_90() {
             for &dtype in source.dtypes() {
                 let cubin = compile_cubin(source, "sm_90", hs, dtype)
                     .unwrap_or_else(|e| panic!("NVRTC {version:?}: {e}"));
-                assert!(!cubin.is_empty(), "{} ({dtype:?}): empty cubin", source.name);
+                assert!(
+                    !cubin.is_empty(),
+                    "{} ({dtype:?}): empty cubin",
+                    source.name
+                );
             }
         }
     }
@@ -341,7 +345,14 @@ fn down_bf16(gpu: &Gpu, x: &CudaSlice<Bf16>) -> Vec<f32> {
 fn bf16_conversions_match_the_host() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut x: Vec<f32> = rand32(10_001, 1).iter().map(|v| v * 1e3).collect();
-    x.extend([0.0, -0.0, f32::INFINITY, f32::NAN, f32::MAX, 1.0 + 2f32.powi(-8)]);
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NAN,
+        f32::MAX,
+        1.0 + 2f32.powi(-8),
+    ]);
     let gx = gpu.upload(&x).unwrap();
     let mut g16 = gpu.zeros::<Bf16>(x.len()).unwrap();
     f32_to_storage(&gpu, &mut g16, &gx).unwrap();
@@ -352,7 +363,11 @@ fn bf16_conversions_match_the_host() {
     storage_to_f32(&gpu, &mut back, &g16).unwrap();
     let want = to_f32s(&to_storage::<Bf16>(&x));
     let got = gpu.download(&back).unwrap();
-    assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()));
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits())
+    );
 }
 
 #[test]

@@ -99,10 +99,10 @@ impl GpuGpt {
         let (toks, tgts) = (&self.tokens, &self.targets);
         match &mut self.compute {
             Compute::Fp32(acts) => {
-                backward_pass(gpu, d, r, &self.params, g, acts, toks, tgts, loss_scale)?
+                backward_pass(gpu, (d, r), (&self.params, g), acts, toks, tgts, loss_scale)?
             }
             Compute::Bf16 { weights, acts } => {
-                backward_pass(gpu, d, r, weights, g, acts, toks, tgts, loss_scale)?
+                backward_pass(gpu, (d, r), (weights, g), acts, toks, tgts, loss_scale)?
             }
         }
         Ok(())
@@ -113,10 +113,8 @@ impl GpuGpt {
 /// last forward pass on `tokens`, `targets`: accumulates into `grads`.
 fn backward_pass<X: Storage>(
     gpu: &Gpu,
-    d: &Dims,
-    r: &Ranges,
-    p: &CudaSlice<X>,
-    grads: &mut CudaSlice<f32>,
+    (d, r): (&Dims, &Ranges),
+    (p, grads): (&CudaSlice<X>, &mut CudaSlice<f32>),
     a: &mut Acts<X>,
     tokens: &CudaSlice<u32>,
     targets: &CudaSlice<u32>,

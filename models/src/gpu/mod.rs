@@ -80,7 +80,10 @@ enum Compute {
     /// fp32 activations; the products read the fp32 parameters.
     Fp32(Acts<f32>),
     /// bf16 activations and a bf16 copy of the parameters.
-    Bf16 { weights: CudaSlice<Bf16>, acts: Acts<Bf16> },
+    Bf16 {
+        weights: CudaSlice<Bf16>,
+        acts: Acts<Bf16>,
+    },
 }
 
 /// A GPT-2 with its parameters, gradients, AdamW moments and activations (for one

@@ -146,7 +146,10 @@ fn bf16_training_follows_fp32() {
             "step {step}: bf16 loss {b} vs fp32 {a}"
         );
     }
-    assert!(bf16[7] < bf16[0], "bf16 training does not lower the loss: {bf16:?}");
+    assert!(
+        bf16[7] < bf16[0],
+        "bf16 training does not lower the loss: {bf16:?}"
+    );
 }
 
 #[test]
@@ -162,6 +165,9 @@ fn set_params_refreshes_the_bf16_copy() {
     // All-zero weights give uniform logits: the loss is ln V.
     let after = model.forward(&gpu, &tiny.tokens, &tiny.targets).unwrap();
     let ln_v = (tiny.config.vocab_size as f32).ln();
-    assert!((after - ln_v).abs() <= 1e-3 * ln_v, "{after} vs ln V {ln_v} (was {before})");
+    assert!(
+        (after - ln_v).abs() <= 1e-3 * ln_v,
+        "{after} vs ln V {ln_v} (was {before})"
+    );
     assert_eq!(model.state_bytes().total(), 18 * params.len() as u64);
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use shoal_kernels::WeightLayout;
-use shoal_kernels::cuda::{self as gpu_ops, Comparison, CudaSlice, Gpu, Products};
+use shoal_kernels::cuda::{self as gpu_ops, Bf16, Comparison, CudaSlice, Gpu, Products};
+use shoal_models::Precision;
 
 /// Options of `shoal gpu-check`.
 #[derive(Args, Debug)]
@@ -40,6 +41,11 @@ pub struct GpuCheckArgs {
     /// Timed GPT-2 124M steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     train_steps: usize,
+    /// With `--train`: `bf16` also checks and times the mixed-precision model
+    /// (bf16 weights and activations, fp32 master weights and moments) beside
+    /// the fp32 one.
+    #[arg(long, default_value_t = Precision::Fp32)]
+    precision: Precision,
 }
 
 /// H200 SXM datasheet peaks in TFLOP/s (dense), and the bf16 rate measured on
@@ -200,10 +206,16 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
     if args.train {
         println!();
         checks += 1;
-        if !train::compare_tiny(&gpu)? {
+        if !train::compare_tiny(&gpu, Precision::Fp32)? {
             failures += 1;
         }
-        train::time_gpt2(&gpu, args.train_batch, args.train_steps)?;
+        if args.precision == Precision::Bf16 {
+            checks += 1;
+            if !train::compare_tiny(&gpu, Precision::Bf16)? {
+                failures += 1;
+            }
+        }
+        train::time_gpt2(&gpu, args.train_batch, args.train_steps, args.precision)?;
     }
     println!();
     if failures > 0 {
@@ -245,7 +257,7 @@ fn time_gemms(gpu: &Gpu, s: usize, it: usize) -> anyhow::Result<()> {
     });
     gpu.set_products(Products::Fp32)?;
     report("cuBLAS sgemm TF32", ms?, PEAK_TF32, " (dense TF32 peak)");
-    let (mut a16, mut b16): (CudaSlice<u16>, CudaSlice<u16>) =
+    let (mut a16, mut b16): (CudaSlice<Bf16>, CudaSlice<Bf16>) =
         (gpu.zeros(s * s)?, gpu.zeros(s * s)?);
     gpu_ops::f32_to_bf16(gpu, &mut a16, &a)?;
     gpu_ops::f32_to_bf16(gpu, &mut b16, &b)?;

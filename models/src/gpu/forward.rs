@@ -1,0 +1,226 @@
+//! The activations of [`super::GpuGpt`] in a storage type `X` (`f32`, or `Bf16`
+//! in mixed precision) and its forward pass, in the op order of
+//! [`crate::Gpt::forward`]. Layernorm statistics, log-sum-exps and losses are
+//! fp32 in both.
+
+use std::ops::Range;
+
+use shoal_kernels::WeightLayout;
+use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu, Storage};
+
+use super::{Dims, Ranges};
+
+/// One block's activations on the device, kept from forward for backward.
+pub(super) struct BlockActs<X> {
+    pub(super) ln1: CudaSlice<X>,        // [N, C]
+    pub(super) ln1_mean: CudaSlice<f32>, // [N]
+    pub(super) ln1_rstd: CudaSlice<f32>, // [N]
+    pub(super) qkv: CudaSlice<X>,        // [N, 3C]
+    pub(super) atty: CudaSlice<X>,       // [N, C]
+    pub(super) att_lse: CudaSlice<f32>,  // [B, NH, T]
+    pub(super) residual2: CudaSlice<X>,  // [N, C]
+    pub(super) ln2: CudaSlice<X>,        // [N, C]
+    pub(super) ln2_mean: CudaSlice<f32>, // [N]
+    pub(super) ln2_rstd: CudaSlice<f32>, // [N]
+    pub(super) fch: CudaSlice<X>,        // [N, 4C]
+    pub(super) fch_gelu: CudaSlice<X>,   // [N, 4C]
+    pub(super) residual3: CudaSlice<X>,  // [N, C]
+}
+
+/// Backward scratch (activation gradients), reused across blocks.
+pub(super) struct Scratch<X> {
+    pub(super) dresidual: CudaSlice<X>, // [N, C]
+    pub(super) dln: CudaSlice<X>,       // [N, C]
+    pub(super) datty: CudaSlice<X>,     // [N, C]
+    pub(super) dqkv: CudaSlice<X>,      // [N, 3C]
+    pub(super) dfch_gelu: CudaSlice<X>, // [N, 4C]
+    pub(super) dfch: CudaSlice<X>,      // [N, 4C]
+}
+
+/// Every activation of one (B, T), and the backward scratch.
+pub(super) struct Acts<X> {
+    pub(super) encoded: CudaSlice<X>, // [N, C]
+    pub(super) blocks: Vec<BlockActs<X>>,
+    pub(super) lnf: CudaSlice<X>,        // [N, C]
+    pub(super) lnf_mean: CudaSlice<f32>, // [N]
+    pub(super) lnf_rstd: CudaSlice<f32>, // [N]
+    pub(super) logits: CudaSlice<X>,     // [N, V]; overwritten by dlogits in backward
+    pub(super) lse: CudaSlice<f32>,      // [N]
+    pub(super) losses: CudaSlice<f32>,   // [N]
+    pub(super) scratch: Scratch<X>,
+}
+
+impl<X: Storage> Acts<X> {
+    /// Zeroed activations for `d`.
+    pub(super) fn new(gpu: &Gpu, d: &Dims, n_layer: usize) -> Result<Self, CudaError> {
+        let (n, c) = (d.n(), d.c);
+        let x = |len: usize| gpu.zeros::<X>(len);
+        let f = |len: usize| gpu.zeros::<f32>(len);
+        let blocks = (0..n_layer)
+            .map(|_| {
+                Ok(BlockActs {
+                    ln1: x(n * c)?,
+                    ln1_mean: f(n)?,
+                    ln1_rstd: f(n)?,
+                    qkv: x(n * 3 * c)?,
+                    atty: x(n * c)?,
+                    att_lse: f(d.b * d.nh * d.t)?,
+                    residual2: x(n * c)?,
+                    ln2: x(n * c)?,
+                    ln2_mean: f(n)?,
+                    ln2_rstd: f(n)?,
+                    fch: x(n * 4 * c)?,
+                    fch_gelu: x(n * 4 * c)?,
+                    residual3: x(n * c)?,
+                })
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        Ok(Acts {
+            encoded: x(n * c)?,
+            blocks,
+            lnf: x(n * c)?,
+            lnf_mean: f(n)?,
+            lnf_rstd: f(n)?,
+            logits: x(n * d.v)?,
+            lse: f(n)?,
+            losses: f(n)?,
+            scratch: Scratch {
+                dresidual: x(n * c)?,
+                dln: x(n * c)?,
+                datty: x(n * c)?,
+                dqkv: x(n * 3 * c)?,
+                dfch_gelu: x(n * 4 * c)?,
+                dfch: x(n * 4 * c)?,
+            },
+        })
+    }
+}
+
+/// The forward pass on `tokens` with weights `p` (in [`crate::ParamLayout`]
+/// order, at `r`), leaving the per-row losses against `targets` in `a.losses`
+/// and what backward needs in `a`.
+pub(super) fn forward_pass<X: Storage>(
+    gpu: &Gpu,
+    d: &Dims,
+    r: &Ranges,
+    p: &CudaSlice<X>,
+    a: &mut Acts<X>,
+    tokens: &CudaSlice<u32>,
+    targets: &CudaSlice<u32>,
+) -> Result<(), CudaError> {
+    let (b, t, c, nh, v, eps) = (d.b, d.t, d.c, d.nh, d.v, d.eps);
+    let n = d.n();
+    let (wte, wpe) = (p.slice(r.wte.clone()), p.slice(r.wpe.clone()));
+    k::embedding_forward(gpu, &mut a.encoded, tokens, &wte, &wpe, b, t, c)?;
+    let w_ = |range: &Range<usize>| p.slice(range.clone());
+    let inout = WeightLayout::InOut;
+    for (l, w) in r.blocks.iter().enumerate() {
+        let (before, rest) = a.blocks.split_at_mut(l);
+        let x = &mut rest[0];
+        let residual = before.last().map_or(&a.encoded, |prev| &prev.residual3);
+        k::layernorm_forward(
+            gpu,
+            &mut x.ln1,
+            &mut x.ln1_mean,
+            &mut x.ln1_rstd,
+            residual,
+            &w_(&w.ln1_w),
+            &w_(&w.ln1_b),
+            n,
+            c,
+            eps,
+        )?;
+        let qkv_b = w_(&w.qkv_b);
+        k::matmul_forward(
+            gpu,
+            &mut x.qkv,
+            &x.ln1,
+            &w_(&w.qkv_w),
+            Some(&qkv_b),
+            n,
+            c,
+            3 * c,
+            inout,
+        )?;
+        k::attention_forward(gpu, &mut x.atty, &mut x.att_lse, &x.qkv, b, t, c, nh)?;
+        let attproj_b = w_(&w.attproj_b);
+        k::matmul_forward(
+            gpu,
+            &mut x.residual2,
+            &x.atty,
+            &w_(&w.attproj_w),
+            Some(&attproj_b),
+            n,
+            c,
+            c,
+            inout,
+        )?;
+        k::add_inplace(gpu, &mut x.residual2, residual)?;
+        k::layernorm_forward(
+            gpu,
+            &mut x.ln2,
+            &mut x.ln2_mean,
+            &mut x.ln2_rstd,
+            &x.residual2,
+            &w_(&w.ln2_w),
+            &w_(&w.ln2_b),
+            n,
+            c,
+            eps,
+        )?;
+        let fc_b = w_(&w.fc_b);
+        k::matmul_forward(
+            gpu,
+            &mut x.fch,
+            &x.ln2,
+            &w_(&w.fc_w),
+            Some(&fc_b),
+            n,
+            c,
+            4 * c,
+            inout,
+        )?;
+        k::gelu_forward(gpu, &mut x.fch_gelu, &x.fch)?;
+        let fcproj_b = w_(&w.fcproj_b);
+        k::matmul_forward(
+            gpu,
+            &mut x.residual3,
+            &x.fch_gelu,
+            &w_(&w.fcproj_w),
+            Some(&fcproj_b),
+            n,
+            4 * c,
+            c,
+            inout,
+        )?;
+        k::add_inplace(gpu, &mut x.residual3, &x.residual2)?;
+    }
+    let last = a.blocks.last().map_or(&a.encoded, |x| &x.residual3);
+    let (lnf_w, lnf_b) = (p.slice(r.lnf_w.clone()), p.slice(r.lnf_b.clone()));
+    k::layernorm_forward(
+        gpu,
+        &mut a.lnf,
+        &mut a.lnf_mean,
+        &mut a.lnf_rstd,
+        last,
+        &lnf_w,
+        &lnf_b,
+        n,
+        c,
+        eps,
+    )?;
+    // Tied LM head: logits = lnf · wteᵀ, wte is [V, C].
+    let no_bias: Option<&CudaSlice<X>> = None;
+    k::matmul_forward(
+        gpu,
+        &mut a.logits,
+        &a.lnf,
+        &wte,
+        no_bias,
+        n,
+        c,
+        v,
+        WeightLayout::OutIn,
+    )?;
+    k::crossentropy_forward(gpu, &mut a.losses, &mut a.lse, &a.logits, targets, n, v)
+}
