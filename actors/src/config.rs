@@ -77,6 +77,11 @@ pub struct TrainConfig {
     /// Arithmetic of the GPU's matrix products: `fp32` (exact), `tf32` (tensor cores,
     /// 10-bit mantissa inputs) or `bf16` (bf16 inputs); fp32 accumulation always.
     pub gpu_matmul: String,
+    /// Storage of the GPU model: `fp32`, or `bf16` mixed precision (bf16 parameter
+    /// copy and activations for compute; fp32 master weights, gradients, AdamW
+    /// moments, statistics and loss). The products then take bf16 inputs whatever
+    /// `gpu_matmul` says.
+    pub gpu_precision: String,
     /// Activation recomputation (CPU): `none`, `selective` (the attention core's
     /// output), `full` (each layer from its input) on every layer, or `auto`: the
     /// plan that fits `activation_budget` and recomputes least (keeping everything
@@ -129,6 +134,7 @@ impl Default for TrainConfig {
             init: None,
             device: "cpu".into(),
             gpu_matmul: "fp32".into(),
+            gpu_precision: "fp32".into(),
             recompute: "auto".into(),
             activation_budget: None,
             mixture: MixtureWeights::Uniform,
@@ -354,6 +360,16 @@ impl TrainConfig {
         Device::parse(&self.device)
     }
 
+    /// The GPU model's storage, `gpu_precision` parsed.
+    pub fn gpu_precision(&self) -> Result<shoal_models::Precision> {
+        self.gpu_precision.parse().map_err(|_| {
+            invalid(
+                "gpu_precision",
+                format!("must be fp32 or bf16, not `{}`", self.gpu_precision),
+            )
+        })
+    }
+
     /// Checks every field and returns the model configuration it describes.
     ///
     /// When `init` is set the architecture comes from the initial weights; call
@@ -388,6 +404,7 @@ impl TrainConfig {
                 format!("must be fp32, tf32 or bf16, not `{}`", self.gpu_matmul),
             ));
         }
+        self.gpu_precision()?;
         if let Device::Cuda(_) = self.device()? {
             if !cfg!(feature = "cuda") {
                 return Err(built_without_cuda(&self.device));
@@ -579,6 +596,14 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("gpu_matmul"), "{e}");
+        let c = parse("gpu_precision = \"bf16\"\n").unwrap();
+        assert_eq!(c.gpu_precision().unwrap(), shoal_models::Precision::Bf16);
+        assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
+        let e = parse("gpu_precision = \"fp8\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("gpu_precision"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) use without_cuda::GpuStep;
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use shoal_kernels::cuda::Gpu;
+    use shoal_models::Precision;
     use shoal_models::gpu::{GpuGpt, GpuModelError};
 
     use super::*;
@@ -39,6 +40,8 @@ mod on_gpu {
         /// Micro-batch shape (B, T) of the device activations.
         b: usize,
         t: usize,
+        /// Storage of the device model.
+        precision: Precision,
         /// `None` until the first step uploads the host state.
         model: Option<GpuGpt>,
         /// Whether the device holds steps the host state has not seen.
@@ -60,6 +63,7 @@ mod on_gpu {
                 gpu,
                 b: config.batch_size,
                 t: config.seq_len,
+                precision: config.gpu_precision()?,
                 model: None,
                 host_stale: false,
             }))
@@ -84,7 +88,7 @@ mod on_gpu {
             let gpu = &self.gpu;
             let dev = match self.model.take() {
                 Some(dev) => dev,
-                None => upload(gpu, model, state, self.b, self.t).map_err(err)?,
+                None => upload(gpu, model, state, (self.b, self.t), self.precision).map_err(err)?,
             };
             let dev = self.model.insert(dev);
             let accum = hp.grad_accum.max(1);
@@ -142,10 +146,11 @@ mod on_gpu {
         gpu: &Gpu,
         model: &Gpt,
         state: &TrainState,
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
+        precision: Precision,
     ) -> Result<GpuGpt, GpuModelError> {
-        let mut dev = GpuGpt::new(gpu, model.config.clone(), &state.params, b, t)?;
+        let (cfg, p) = (model.config.clone(), &state.params);
+        let mut dev = GpuGpt::with_precision(gpu, cfg, p, b, t, precision)?;
         if !state.adam_m.is_empty() || !state.adam_v.is_empty() {
             dev.set_moments(gpu, &state.adam_m, &state.adam_v)?;
         }

@@ -71,6 +71,8 @@ pub struct GpuRanks {
     /// Arithmetic of the matrix products: `fp32`, `tf32` or `bf16` (as the
     /// trainer's `gpu_matmul`).
     pub matmul: String,
+    /// Storage of the GPU model (as the trainer's `gpu_precision`).
+    pub precision: shoal_models::Precision,
 }
 
 /// The training state a node starts from, in the full layout (each rank takes its
@@ -524,7 +526,7 @@ fn rank_args(
         .map(|ordinal| {
             GpuCompute::open(
                 ordinal,
-                spec.gpu.as_ref().map_or("fp32", |g| &g.matmul),
+                spec.gpu.as_ref(),
                 &model.config,
                 start.params,
                 compute_rows,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use shoal_actors::rank::GpuCompute;
 use shoal_actors::{Fill, GpuRanks, Node, NodeSpec, StartState, StepHyper, ZeroStage};
 use shoal_collectives::{CommConfig, LocalHub};
-use shoal_models::{Gpt, GptConfig};
+use shoal_models::{Gpt, GptConfig, Precision};
 
 const BATCH: usize = 6;
 const SEQ: usize = 16;
@@ -101,12 +101,25 @@ fn run(world: usize, stage: ZeroStage, gpu: Option<GpuRanks>) -> Run {
     }
 }
 
+/// Whether a GPU is usable (says why not when not).
+fn gpu_present() -> bool {
+    match GpuCompute::device_count() {
+        Ok(n) if n > 0 => true,
+        Ok(_) => {
+            eprintln!("skipped: the CUDA driver sees no GPU");
+            false
+        }
+        Err(e) => {
+            eprintln!("skipped: no usable GPU ({e})");
+            false
+        }
+    }
+}
+
 #[test]
 fn gpu_ranks_match_cpu_ranks_at_every_zero_stage() {
-    match GpuCompute::device_count() {
-        Ok(n) if n > 0 => {}
-        Ok(_) => return eprintln!("skipped: the CUDA driver sees no GPU"),
-        Err(e) => return eprintln!("skipped: no usable GPU ({e})"),
+    if !gpu_present() {
+        return;
     }
     for stage in [
         ZeroStage::Replicated,
@@ -118,6 +131,7 @@ fn gpu_ranks_match_cpu_ranks_at_every_zero_stage() {
             let on_gpu = GpuRanks {
                 first: 0,
                 matmul: "fp32".into(),
+                precision: Precision::Fp32,
             };
             let (cpu, gpu) = (run(world, stage, None), run(world, stage, Some(on_gpu)));
             let what = format!("{stage:?}, {world} ranks");
@@ -135,6 +149,28 @@ fn gpu_ranks_match_cpu_ranks_at_every_zero_stage() {
                 .zip(&cpu.params)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(diff <= TOL * scale, "{what}: parameters differ by {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn bf16_gpu_ranks_follow_the_fp32_cpu_ranks() {
+    if !gpu_present() {
+        return;
+    }
+    let stage = ZeroStage::OptimizerSharded;
+    let bf16 = GpuRanks {
+        first: 0,
+        matmul: "bf16".into(),
+        precision: Precision::Bf16,
+    };
+    let (cpu, gpu) = (run(2, stage, None), run(2, stage, Some(bf16)));
+    assert_eq!(gpu.indices, cpu.indices);
+    for (step, (g, c)) in gpu.losses.iter().zip(&cpu.losses).enumerate() {
+        for (a, b) in g.iter().zip(c) {
+            assert!(a.is_finite(), "step {step}: bf16 loss {a}");
+            let rel = (a - b).abs() / b.abs().max(1e-6);
+            assert!(rel <= 2e-2, "step {step}: bf16 GPU {a} vs fp32 CPU {b}");
         }
     }
 }

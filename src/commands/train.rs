@@ -112,13 +112,17 @@ pub struct TrainArgs {
     /// ZeRO stage of the ranks: 0, 1, 2 or 3.
     #[arg(long)]
     pub zero: Option<u8>,
-    /// Where the steps run: cpu, or cuda / cuda:N (one GPU; needs a build with
-    /// `--features cuda`).
+    /// Where the steps run: cpu, or cuda / cuda:N (needs a build with `--features
+    /// cuda`); data-parallel ranks go round the GPUs from N.
     #[arg(long, value_name = "cpu|cuda|cuda:N")]
     pub device: Option<String>,
     /// Arithmetic of the GPU's matrix products (fp32 accumulation always).
     #[arg(long, value_name = "fp32|tf32|bf16")]
     pub gpu_matmul: Option<String>,
+    /// Storage of the GPU model: fp32, or bf16 mixed precision (fp32 master
+    /// weights, gradients and moments).
+    #[arg(long, value_name = "fp32|bf16")]
+    pub gpu_precision: Option<String>,
     /// Activation recomputation (CPU): none, selective or full on every layer, or
     /// auto: the plan that fits --activation-budget and recomputes least.
     #[arg(long, value_name = "none|selective|full|auto")]
@@ -270,6 +274,7 @@ impl TrainArgs {
         set(&mut c.zero, self.zero);
         set(&mut c.device, self.device.clone());
         set(&mut c.gpu_matmul, self.gpu_matmul.clone());
+        set(&mut c.gpu_precision, self.gpu_precision.clone());
         set(&mut c.recompute, self.recompute.clone());
         if self.activation_budget.is_some() {
             c.activation_budget = self.activation_budget.clone();
@@ -364,6 +369,34 @@ pub fn train_with_progress(trainer: &mut Trainer) -> Result<(RunSummary, PathBuf
     Ok((summary, plot))
 }
 
+/// What each GPU holds of the model states in this run, beside ZeRO's count for
+/// the same precision, stage and world (the paper's bf16 gradients and device-side
+/// sharding, which this run's host-side optimizer does not do).
+fn gpu_state_line(c: &TrainConfig, psi: usize, world: usize) -> Result<String> {
+    let precision = c.gpu_precision()?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let psi = psi as u64;
+    // Parameters (the fp32 master and, in bf16, the compute copy) and fp32 gradients;
+    // a single rank also keeps the AdamW moments on the GPU, data-parallel ranks on
+    // the host (sharded by the ZeRO stage).
+    let copy = match precision {
+        shoal_models::Precision::Fp32 => 0,
+        shoal_models::Precision::Bf16 => 2 * psi,
+    };
+    let moments = if world > 1 { 0 } else { 8 * psi };
+    let held = 4 * psi + copy + 4 * psi + moments;
+    let paper = shoal_models::model_state_bytes(precision, c.zero, psi, world)?;
+    Ok(format!(
+        "each GPU holds {:.1} MiB of model states ({precision}: parameters{}, fp32 gradients{}); \
+         ZeRO's count for {precision} at stage {} over {world} rank(s) is {:.1} MiB",
+        mib(held),
+        if copy > 0 { " fp32 + bf16" } else { "" },
+        if moments > 0 { ", AdamW moments" } else { "" },
+        c.zero,
+        mib(paper.params + paper.grads + paper.optimizer),
+    ))
+}
+
 /// `shoal train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     if let (Some(rank), Some(cluster)) = (args.proc_rank, &args.cluster) {
@@ -402,6 +435,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             mib(m.params),
             mib(m.grads),
             mib(m.optimizer)
+        );
+    }
+    if c.device != "cpu" {
+        eprintln!(
+            "{}",
+            gpu_state_line(c, trainer.model().num_params(), world)?
         );
     }
     for line in super::continual::describe(&trainer) {

@@ -41,11 +41,12 @@ pub struct GpuBackward {
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use shoal_kernels::cuda::{Gpu, Products};
-    use shoal_models::GptConfig;
     use shoal_models::gpu::{GpuGpt, GpuModelError};
+    use shoal_models::{GptConfig, Precision};
 
     use super::{GpuBackward, Result};
     use crate::error::TrainError;
+    use crate::node::GpuRanks;
 
     /// One rank's GPU and its model there (parameters, gradients, activations for
     /// `rows` × `t`).
@@ -58,12 +59,12 @@ mod on_gpu {
     }
 
     impl GpuCompute {
-        /// Opens GPU `ordinal` with `matmul` products (`fp32`, `tf32` or `bf16`, as
-        /// checked by the configuration) and allocates the model for micro-batches of
-        /// `rows` × `t` there, with `params` as its first parameters.
+        /// Opens GPU `ordinal` with the products and storage `how` names (fp32
+        /// when `None`) and allocates the model for micro-batches of `rows` × `t`
+        /// there, with `params` as its first parameters.
         pub fn open(
             ordinal: usize,
-            matmul: &str,
+            how: Option<&GpuRanks>,
             config: &GptConfig,
             params: &[f32],
             rows: usize,
@@ -71,9 +72,16 @@ mod on_gpu {
         ) -> Result<Self> {
             let err = |e: GpuModelError| gpu_error(ordinal, e);
             let gpu = Gpu::new(ordinal).map_err(|e| err(e.into()))?;
+            let (matmul, precision) = how.map_or(("fp32", Precision::Fp32), |g| {
+                (g.matmul.as_str(), g.precision)
+            });
             gpu.set_products(products_of(matmul))
                 .map_err(|e| err(e.into()))?;
-            let model = GpuGpt::new(&gpu, config.clone(), params, rows, t).map_err(err)?;
+            let (cfg, p) = (config.clone(), params);
+            let mut model =
+                GpuGpt::with_precision(&gpu, cfg, p, rows, t, precision).map_err(err)?;
+            // The rank's optimizer runs on the host.
+            model.release_moments(&gpu).map_err(err)?;
             Ok(Self {
                 ordinal,
                 gpu,
@@ -160,7 +168,7 @@ mod without_cuda {
         /// The error saying how to build with CUDA.
         pub fn open(
             ordinal: usize,
-            _matmul: &str,
+            _how: Option<&crate::node::GpuRanks>,
             _config: &GptConfig,
             _params: &[f32],
             _rows: usize,

@@ -100,6 +100,7 @@ impl Trainer {
                 Device::Cuda(first) => Some(GpuRanks {
                     first,
                     matmul: c.gpu_matmul.clone(),
+                    precision: c.gpu_precision()?,
                 }),
                 Device::Cpu => None,
             },

@@ -196,18 +196,28 @@ impl GpuGpt {
     /// count, which has bf16 gradients.
     pub fn state_bytes(&self) -> StateBytes {
         let psi = self.params.len() as u64;
+        let moments = 4 * (self.m.len() + self.v.len()) as u64;
         match self.compute {
             Compute::Fp32(_) => StateBytes {
                 params: 4 * psi,
                 grads: 4 * psi,
-                optimizer: 8 * psi,
+                optimizer: moments,
             },
             Compute::Bf16 { .. } => StateBytes {
                 params: 2 * psi,
                 grads: 4 * psi,
-                optimizer: 12 * psi,
+                optimizer: 4 * psi + moments,
             },
         }
+    }
+
+    /// Frees the AdamW moments, for a model that only computes gradients (a
+    /// data-parallel rank whose optimizer runs elsewhere); [`GpuGpt::step`] then
+    /// fails, and [`GpuGpt::state_bytes`] no longer counts them.
+    pub fn release_moments(&mut self, gpu: &Gpu) -> Result<(), GpuModelError> {
+        self.m = gpu.zeros(0)?;
+        self.v = gpu.zeros(0)?;
+        Ok(())
     }
 
     /// The (master, fp32) parameters, copied back to the host.
@@ -335,6 +345,10 @@ impl GpuGpt {
         step: u64,
         grad_clip: f32,
     ) -> Result<f32, GpuModelError> {
+        if self.m.len() != self.params.len() {
+            let reason = "the AdamW moments were released: this model only computes gradients";
+            return Err(ModelError::InvalidConfig(reason.into()).into());
+        }
         let norm = k::sum_of_squares(gpu, &self.grads)?.sqrt() as f32;
         if grad_clip > 0.0 {
             let coef = clip_coefficient(norm, grad_clip);
