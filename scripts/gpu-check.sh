@@ -9,14 +9,16 @@
 #   3. `shoal train --device cuda`: 12 steps of the real trainer on the GPU (GPT-2
 #      124M, B=8, T=1024), its tokens/s per step from metrics.jsonl;
 #   4. scripts/torch_gpu_baseline.py: PyTorch GPT-2 124M tokens/s and MFU, eager and
-#      torch.compile (skipped when python3 has no torch).
+#      torch.compile (skipped when python3 has no torch);
+#   5. `shoal bench device-collectives`: the CUDA IPC ring with 2 ranks on the one GPU
+#      and NCCL with 1 rank, against the device's copy bandwidth.
 #
 # Usage: scripts/gpu-check.sh [SHOAL_BINARY]   (default target/release/shoal, built
 #        here with `cargo build --release --features cuda`; it needs no CUDA toolkit
 #        to build). Output goes to the terminal and, when $OUT is set, to
-#        $OUT/gpu-check.txt, $OUT/gpu-train.txt, $OUT/gpu-trainer.txt and
-#        $OUT/torch-baseline.txt. Exits nonzero if a gpu-check run or the training
-#        run failed.
+#        $OUT/gpu-check.txt, $OUT/gpu-train.txt, $OUT/gpu-trainer.txt,
+#        $OUT/torch-baseline.txt and $OUT/gpu-collectives.txt. Exits nonzero if a
+#        gpu-check run, the training run or the IPC collectives bench failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/shoal}
@@ -39,6 +41,14 @@ PY
 fi
 for dir in "${lib_dirs[@]}"; do
     [[ -d $dir ]] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"
+done
+# NCCL is loaded as libnccl.so, but the nvidia-nccl pip wheel ships only libnccl.so.2.
+for dir in "${lib_dirs[@]}"; do
+    if [[ -f $dir/libnccl.so.2 && ! -e $dir/libnccl.so ]]; then
+        mkdir -p /tmp/shoal-nccl && ln -sf "$dir/libnccl.so.2" /tmp/shoal-nccl/libnccl.so
+        LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/tmp/shoal-nccl"
+        break
+    fi
 done
 export LD_LIBRARY_PATH
 
@@ -84,6 +94,19 @@ if python3 -c 'import torch' 2>/dev/null; then
 else
     echo "== PyTorch baseline skipped: python3 has no torch"
 fi
+echo "== shoal bench device-collectives: the CUDA IPC ring (2 ranks on GPU 0), NCCL (1 rank)"
+# A few seconds each: two sizes, four ops, 5 timed iterations. The IPC ring must work on
+# any GPU (its status counts); NCCL needs libnccl (from the nvidia-nccl pip package next
+# to torch, or the system), so its status is only reported.
+timeout 60 "$bin" bench device-collectives --backend ipc --ranks 2 --size-mib 1,64 \
+    --iters 5 2>&1 | log gpu-collectives.txt
+collectives_status=${PIPESTATUS[0]}
+echo "device collectives (ipc) exited with $collectives_status" | log_more gpu-collectives.txt
+timeout 60 "$bin" bench device-collectives --backend nccl --ranks 1 --size-mib 1,64 \
+    --iters 5 2>&1 | log_more gpu-collectives.txt
+echo "device collectives (nccl) exited with ${PIPESTATUS[0]}" | log_more gpu-collectives.txt
+
 if [[ $status -eq 0 ]]; then status=$train_status; fi
 if [[ $status -eq 0 ]]; then status=$trainer_status; fi
+if [[ $status -eq 0 ]]; then status=$collectives_status; fi
 exit "$status"
