@@ -82,6 +82,12 @@ pub struct TrainConfig {
     /// moments, statistics and loss). The products then take bf16 inputs whatever
     /// `gpu_matmul` says.
     pub gpu_precision: String,
+    /// How data-parallel GPU ranks reduce gradients: `host` (copied to the host and
+    /// reduced over the training ring, any topology), or on the devices before they
+    /// leave the GPU, by `nccl` (one GPU per rank) or `ipc` (a CUDA IPC ring; ranks
+    /// may share a GPU). The device ones need every rank in this process
+    /// (`ranks`, not `--procs` or nodes) and every rank with rows of the batch.
+    pub gpu_collectives: String,
     /// Activation recomputation (CPU): `none`, `selective` (the attention core's
     /// output), `full` (each layer from its input) on every layer, or `auto`: the
     /// plan that fits `activation_budget` and recomputes least (keeping everything
@@ -135,6 +141,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             gpu_matmul: "fp32".into(),
             gpu_precision: "fp32".into(),
+            gpu_collectives: "host".into(),
             recompute: "auto".into(),
             activation_budget: None,
             mixture: MixtureWeights::Uniform,
@@ -370,6 +377,20 @@ impl TrainConfig {
         })
     }
 
+    /// The device collectives of GPU ranks, `gpu_collectives` parsed (`None`:
+    /// `host`).
+    pub fn gpu_collectives(&self) -> Result<Option<shoal_collectives::DeviceBackend>> {
+        match self.gpu_collectives.as_str() {
+            "host" => Ok(None),
+            other => other.parse().map(Some).map_err(|_| {
+                invalid(
+                    "gpu_collectives",
+                    format!("must be host, nccl or ipc, not `{other}`"),
+                )
+            }),
+        }
+    }
+
     /// Checks every field and returns the model configuration it describes.
     ///
     /// When `init` is set the architecture comes from the initial weights; call
@@ -405,6 +426,24 @@ impl TrainConfig {
             ));
         }
         self.gpu_precision()?;
+        if let Some(backend) = self.gpu_collectives()? {
+            if !matches!(self.device()?, Device::Cuda(_)) {
+                return Err(invalid(
+                    "gpu_collectives",
+                    format!("is `{backend}`, which needs a `cuda` device"),
+                ));
+            }
+            if self.batch_size < self.ranks {
+                return Err(invalid(
+                    "gpu_collectives",
+                    format!(
+                        "is `{backend}`, which needs rows of the batch on every rank \
+                         (batch_size {} < ranks {})",
+                        self.batch_size, self.ranks
+                    ),
+                ));
+            }
+        }
         if let Device::Cuda(_) = self.device()? {
             if !cfg!(feature = "cuda") {
                 return Err(built_without_cuda(&self.device));
@@ -599,6 +638,21 @@ mod tests {
         let c = parse("gpu_precision = \"bf16\"\n").unwrap();
         assert_eq!(c.gpu_precision().unwrap(), shoal_models::Precision::Bf16);
         assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
+        let c = parse("device = \"cuda\"\nranks = 2\ngpu_collectives = \"ipc\"\n").unwrap();
+        assert_eq!(
+            c.gpu_collectives().unwrap(),
+            Some(shoal_collectives::DeviceBackend::Ipc)
+        );
+        let e = parse("gpu_collectives = \"nccl\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a `cuda` device"), "{e}");
+        let e = parse("gpu_collectives = \"mpi\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("host, nccl or ipc"), "{e}");
         let e = parse("gpu_precision = \"fp8\"\n")
             .unwrap()
             .validate()

@@ -169,6 +169,15 @@ pub enum TrainError {
         /// What the GPU code reported.
         source: shoal_models::gpu::GpuModelError,
     },
+    /// A collective over GPU buffers (NCCL or the CUDA IPC ring) failed.
+    #[cfg(feature = "cuda")]
+    #[error("device collective on {device}: {source}")]
+    DeviceCollective {
+        /// The device, e.g. `cuda:0`.
+        device: String,
+        /// What the device collectives reported.
+        source: shoal_collectives::DeviceCollectiveError,
+    },
     /// The elastic runtime's link to the coordinator or its endpoint failed.
     #[error(transparent)]
     Membership(#[from] shoal_collectives::membership::MembershipError),

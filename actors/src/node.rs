@@ -73,6 +73,9 @@ pub struct GpuRanks {
     pub matmul: String,
     /// Storage of the GPU model (as the trainer's `gpu_precision`).
     pub precision: shoal_models::Precision,
+    /// Reduce gradients on the devices with this backend (every rank of the ring
+    /// must be in this node); `None`: on the host, over the training ring.
+    pub collectives: Option<shoal_collectives::DeviceBackend>,
 }
 
 /// The training state a node starts from, in the full layout (each rank takes its
@@ -380,6 +383,10 @@ impl Node {
                 rank_args(spec, &model, &buckets, comm, &start, &choice, gpu)
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut ranks = ranks;
+        if let Some(backend) = spec.gpu.as_ref().and_then(|g| g.collectives) {
+            attach_device_collectives(&mut ranks, world, backend)?;
+        }
         let (scheduler, _) = runtime
             .block_on(Actor::spawn(None, RecomputeScheduler, inputs))
             .map_err(|e| gone("RecomputeScheduler", e))?;
@@ -497,6 +504,57 @@ impl Drop for Node {
             let _ = self.runtime.block_on(handle);
         }
     }
+}
+
+/// Forms the device communicators of `ranks` (all `world` ranks of the ring, each
+/// on a GPU) over a second in-process ring, one thread per rank since forming is
+/// collective.
+fn attach_device_collectives(
+    ranks: &mut [RankArgs],
+    world: usize,
+    backend: shoal_collectives::DeviceBackend,
+) -> Result<()> {
+    let invalid = |reason: String| TrainError::InvalidConfig {
+        field: "gpu_collectives",
+        reason,
+    };
+    if ranks.len() != world {
+        return Err(invalid(format!(
+            "is `{backend}`, which needs every rank in one process, but this node has {} of \
+             the ring's {world} ranks; use `host`",
+            ranks.len()
+        )));
+    }
+    let timeout = crate::trainer::TRAIN_COMM_TIMEOUT;
+    let config = shoal_collectives::CommConfig {
+        timeout,
+        ..Default::default()
+    };
+    let hosts = shoal_collectives::LocalHub::new().group(world, config)?;
+    let mut gpus = Vec::with_capacity(world);
+    for args in ranks.iter_mut() {
+        match args.gpu.as_mut() {
+            Some(gpu) => gpus.push(gpu),
+            None => {
+                return Err(invalid(format!(
+                    "is `{backend}`, which needs every rank computing on a GPU"
+                )));
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        let joins: Vec<_> = gpus
+            .into_iter()
+            .zip(hosts)
+            .map(|(gpu, host)| s.spawn(move || gpu.attach(host, backend, timeout)))
+            .collect();
+        joins.into_iter().try_for_each(|j| {
+            j.join().map_err(|_| TrainError::Actor {
+                actor: "Node",
+                reason: "a rank's device communicator panicked while forming".into(),
+            })?
+        })
+    })
 }
 
 /// A rank's start: its rows, its compute (on GPU `gpu` if given), its pieces.

@@ -186,6 +186,10 @@ impl Worker {
             let back =
                 gpu.forward_backward(&params[..], &mut grads[..], x, y, accum, scale, check)?;
             out.loss_sum = back.loss_sum * f64::from(self.weight);
+            if gpu.reduces_on_device() {
+                out.buckets_sent = self.hand_over_reduced(&grads)?;
+                return Ok(out);
+            }
         }
         if let Some(compute) = self.compute.as_mut() {
             for micro in 0..accum {
@@ -217,6 +221,18 @@ impl Worker {
 }
 
 impl Worker {
+    /// Hands every bucket of `grads`, already reduced over the ring on the devices,
+    /// to the shard as the reducer would have; returns how many.
+    fn hand_over_reduced(&self, grads: &[f32]) -> Result<usize> {
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let result = Ok(grads[bucket.clone()].to_vec());
+            self.shard
+                .cast(ShardMsg::Reduced { index, result })
+                .map_err(|e| stopped("ParameterShard", e))?;
+        }
+        Ok(self.buckets.len())
+    }
+
     /// Stages 2 and 3 on a GPU: the parameters come whole (stage 2) or gathered part
     /// by part (stage 3, in forward order, as the CPU ranks gather them) into one host
     /// buffer for the GPU; the gradient, accumulated there over the micro-batches,
@@ -257,6 +273,10 @@ impl Worker {
         let back = gpu.forward_backward(&params, &mut grads, x, y, accum, scale, check)?;
         drop(params);
         out.loss_sum = back.loss_sum * f64::from(self.weight);
+        if gpu.reduces_on_device() {
+            out.buckets_sent = self.hand_over_reduced(&grads)?;
+            return Ok(out);
+        }
         let mut sink = Scattered::new(m, &self.reducer, &self.buckets, &self.index);
         for part in m.parts_in_backward_order() {
             let range = m.part_range(part);

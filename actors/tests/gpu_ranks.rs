@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use shoal_actors::rank::GpuCompute;
 use shoal_actors::{Fill, GpuRanks, Node, NodeSpec, StartState, StepHyper, ZeroStage};
-use shoal_collectives::{CommConfig, LocalHub};
+use shoal_collectives::{CommConfig, DeviceBackend, LocalHub};
 use shoal_models::{Gpt, GptConfig, Precision};
 
 const BATCH: usize = 6;
@@ -116,6 +116,45 @@ fn gpu_present() -> bool {
     }
 }
 
+/// The GPU ranks' settings: fp32 unless `bf16`, gradients reduced by `collectives`.
+fn on_gpu(bf16: bool, collectives: Option<DeviceBackend>) -> Option<GpuRanks> {
+    let (matmul, precision) = if bf16 {
+        ("bf16", Precision::Bf16)
+    } else {
+        ("fp32", Precision::Fp32)
+    };
+    Some(GpuRanks {
+        first: 0,
+        matmul: matmul.into(),
+        precision,
+        collectives,
+    })
+}
+
+/// `got` follows `want`: the same samples, every loss within `tol` relative and
+/// (with `params_tol`) the final parameters within that much of their largest.
+fn assert_close(what: &str, got: &Run, want: &Run, tol: f32, params_tol: Option<f32>) {
+    assert_eq!(got.indices, want.indices, "{what}: samples differ");
+    for (step, (g, w)) in got.losses.iter().zip(&want.losses).enumerate() {
+        for (a, b) in g.iter().zip(w) {
+            let rel = (a - b).abs() / b.abs().max(1e-6);
+            assert!(rel <= tol, "{what}, step {step}: loss {a} vs {b}");
+        }
+    }
+    if let Some(params_tol) = params_tol {
+        let scale = want.params.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = got
+            .params
+            .iter()
+            .zip(&want.params)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= params_tol * scale,
+            "{what}: parameters differ by {diff:e}"
+        );
+    }
+}
+
 #[test]
 fn gpu_ranks_match_cpu_ranks_at_every_zero_stage() {
     if !gpu_present() {
@@ -128,27 +167,12 @@ fn gpu_ranks_match_cpu_ranks_at_every_zero_stage() {
         ZeroStage::ParametersSharded,
     ] {
         for world in 1..=3 {
-            let on_gpu = GpuRanks {
-                first: 0,
-                matmul: "fp32".into(),
-                precision: Precision::Fp32,
-            };
-            let (cpu, gpu) = (run(world, stage, None), run(world, stage, Some(on_gpu)));
-            let what = format!("{stage:?}, {world} ranks");
-            assert_eq!(gpu.indices, cpu.indices, "{what}: samples differ");
-            for (step, (g, c)) in gpu.losses.iter().zip(&cpu.losses).enumerate() {
-                for (a, b) in g.iter().zip(c) {
-                    let rel = (a - b).abs() / b.abs().max(1e-6);
-                    assert!(rel <= TOL, "{what}, step {step}: GPU {a} vs CPU {b}");
-                }
-            }
-            let scale = cpu.params.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let diff = gpu
-                .params
-                .iter()
-                .zip(&cpu.params)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff <= TOL * scale, "{what}: parameters differ by {diff:e}");
+            let (cpu, gpu) = (
+                run(world, stage, None),
+                run(world, stage, on_gpu(false, None)),
+            );
+            let what = format!("{stage:?}, {world} ranks: GPU vs CPU");
+            assert_close(&what, &gpu, &cpu, TOL, Some(TOL));
         }
     }
 }
@@ -159,18 +183,30 @@ fn bf16_gpu_ranks_follow_the_fp32_cpu_ranks() {
         return;
     }
     let stage = ZeroStage::OptimizerSharded;
-    let bf16 = GpuRanks {
-        first: 0,
-        matmul: "bf16".into(),
-        precision: Precision::Bf16,
-    };
-    let (cpu, gpu) = (run(2, stage, None), run(2, stage, Some(bf16)));
-    assert_eq!(gpu.indices, cpu.indices);
-    for (step, (g, c)) in gpu.losses.iter().zip(&cpu.losses).enumerate() {
-        for (a, b) in g.iter().zip(c) {
-            assert!(a.is_finite(), "step {step}: bf16 loss {a}");
-            let rel = (a - b).abs() / b.abs().max(1e-6);
-            assert!(rel <= 2e-2, "step {step}: bf16 GPU {a} vs fp32 CPU {b}");
-        }
+    let (cpu, gpu) = (run(2, stage, None), run(2, stage, on_gpu(true, None)));
+    assert_close("bf16 GPU vs fp32 CPU", &gpu, &cpu, 2e-2, None);
+}
+
+#[test]
+fn gradients_reduced_on_the_devices_match_the_host_ring() {
+    if !gpu_present() {
+        return;
+    }
+    let gpus = GpuCompute::device_count().unwrap();
+    // NCCL takes one GPU per rank; the IPC ring lets ranks share one.
+    let cases = [
+        (DeviceBackend::Ipc, 2, ZeroStage::Replicated),
+        (DeviceBackend::Ipc, 3, ZeroStage::GradientsSharded),
+        (
+            DeviceBackend::Nccl,
+            gpus.min(2),
+            ZeroStage::OptimizerSharded,
+        ),
+    ];
+    for (backend, world, stage) in cases {
+        let host = run(world, stage, on_gpu(false, None));
+        let device = run(world, stage, on_gpu(false, Some(backend)));
+        let what = format!("{backend}, {world} ranks, {stage:?}: device vs host");
+        assert_close(&what, &device, &host, TOL, Some(TOL));
     }
 }

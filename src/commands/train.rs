@@ -123,6 +123,10 @@ pub struct TrainArgs {
     /// weights, gradients and moments).
     #[arg(long, value_name = "fp32|bf16")]
     pub gpu_precision: Option<String>,
+    /// How GPU ranks reduce gradients: host (over the training ring), or on the
+    /// devices with nccl or ipc (all ranks in this process: --ranks).
+    #[arg(long, value_name = "host|nccl|ipc")]
+    pub gpu_collectives: Option<String>,
     /// Activation recomputation (CPU): none, selective or full on every layer, or
     /// auto: the plan that fits --activation-budget and recomputes least.
     #[arg(long, value_name = "none|selective|full|auto")]
@@ -275,6 +279,7 @@ impl TrainArgs {
         set(&mut c.device, self.device.clone());
         set(&mut c.gpu_matmul, self.gpu_matmul.clone());
         set(&mut c.gpu_precision, self.gpu_precision.clone());
+        set(&mut c.gpu_collectives, self.gpu_collectives.clone());
         set(&mut c.recompute, self.recompute.clone());
         if self.activation_budget.is_some() {
             c.activation_budget = self.activation_budget.clone();

@@ -40,6 +40,12 @@ pub struct GpuBackward {
 
 #[cfg(feature = "cuda")]
 mod on_gpu {
+    use std::sync::Arc;
+
+    use shoal_collectives::{
+        Communicator, DeviceBackend, DeviceCollectiveError, DeviceCommunicator, DeviceConfig,
+        ReduceOp,
+    };
     use shoal_kernels::cuda::{Gpu, Products};
     use shoal_models::gpu::{GpuGpt, GpuModelError};
     use shoal_models::{GptConfig, Precision};
@@ -52,10 +58,13 @@ mod on_gpu {
     /// `rows` × `t`).
     pub struct GpuCompute {
         ordinal: usize,
-        gpu: Gpu,
+        gpu: Arc<Gpu>,
         model: GpuGpt,
         rows: usize,
         t: usize,
+        /// Reduces the gradient on the device before it leaves the GPU (see
+        /// [`GpuCompute::attach`]).
+        reduce: Option<DeviceCommunicator>,
     }
 
     impl GpuCompute {
@@ -84,11 +93,39 @@ mod on_gpu {
             model.release_moments(&gpu).map_err(err)?;
             Ok(Self {
                 ordinal,
-                gpu,
+                gpu: Arc::new(gpu),
                 model,
                 rows,
                 t,
+                reduce: None,
             })
+        }
+
+        /// Forms this rank's device communicator over `host` (a ring of its own,
+        /// whose ranks are the same as the rank's training ring) with `backend`; from
+        /// then on each step's gradient is all-reduced (summed) on the devices before
+        /// it comes back to the host, and the rank hands it to its shard as reduced.
+        /// Collective: every rank of the ring attaches, at the same time.
+        pub fn attach(
+            &mut self,
+            host: Communicator,
+            backend: DeviceBackend,
+            timeout: std::time::Duration,
+        ) -> Result<()> {
+            let config = DeviceConfig {
+                backend,
+                timeout,
+                ..DeviceConfig::default()
+            };
+            let comm = DeviceCommunicator::new(host, self.gpu.clone(), config)
+                .map_err(|e| collective_error(self.ordinal, e))?;
+            self.reduce = Some(comm);
+            Ok(())
+        }
+
+        /// Whether the gradient is reduced on the devices ([`GpuCompute::attach`]).
+        pub fn reduces_on_device(&self) -> bool {
+            self.reduce.is_some()
         }
 
         /// The number of GPUs the driver sees (an error when there is no driver).
@@ -98,7 +135,8 @@ mod on_gpu {
 
         /// Forward and backward of the `accum` micro-batches in `tokens`/`targets`
         /// (each `rows` × `t`, one after another) with `params`, each backward scaled
-        /// by `scale`; the accumulated gradients are written over `grads`.
+        /// by `scale`; the accumulated gradients (summed over the ranks when
+        /// [`GpuCompute::reduces_on_device`]) are written over `grads`.
         /// `check` vets each micro-batch's loss (the trainer's non-finite check).
         #[allow(clippy::too_many_arguments)]
         pub fn forward_backward(
@@ -132,6 +170,10 @@ mod on_gpu {
                 loss_sum += f64::from(check(loss)?);
                 dev.backward(&self.gpu, scale).map_err(err)?;
             }
+            if let Some(comm) = self.reduce.as_mut() {
+                comm.all_reduce(dev.grads_mut(), ReduceOp::Sum)
+                    .map_err(|e| collective_error(ordinal, e))?;
+            }
             dev.grads_into(&self.gpu, grads).map_err(err)?;
             Ok(GpuBackward { loss_sum })
         }
@@ -143,6 +185,13 @@ mod on_gpu {
             "tf32" => Products::Tf32,
             "bf16" => Products::Bf16,
             _ => Products::Fp32,
+        }
+    }
+
+    fn collective_error(ordinal: usize, source: DeviceCollectiveError) -> TrainError {
+        TrainError::DeviceCollective {
+            device: format!("cuda:{ordinal}"),
+            source,
         }
     }
 
@@ -180,6 +229,21 @@ mod without_cuda {
         /// The error saying how to build with CUDA.
         pub fn device_count() -> Result<usize> {
             Err(built_without_cuda("cuda"))
+        }
+
+        /// Never called: there is no value to call it on.
+        pub fn attach(
+            &mut self,
+            _host: shoal_collectives::Communicator,
+            _backend: shoal_collectives::DeviceBackend,
+            _timeout: std::time::Duration,
+        ) -> Result<()> {
+            match *self {}
+        }
+
+        /// Never called: there is no value to call it on.
+        pub fn reduces_on_device(&self) -> bool {
+            match *self {}
         }
 
         /// Never called: there is no value to call it on.

@@ -101,6 +101,7 @@ impl Trainer {
                     first,
                     matmul: c.gpu_matmul.clone(),
                     precision: c.gpu_precision()?,
+                    collectives: c.gpu_collectives()?,
                 }),
                 Device::Cpu => None,
             },

@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, CudaViewMut, sys};
-use shoal_kernels::cuda::{CudaError, Gpu};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaViewMut};
+use shoal_kernels::cuda::Gpu;
 
 use super::DeviceBackend;
 use super::error::DeviceCollectiveError;
@@ -17,14 +17,7 @@ use crate::{Communicator, ReduceOp, shard_range};
 /// How many GPUs the driver sees (0 when a driver is installed but no GPU is
 /// visible); an error without a driver.
 pub fn device_count() -> Result<usize, DeviceCollectiveError> {
-    if !shoal_kernels::cuda::driver_available() {
-        return Err(CudaError::LibraryMissing { library: "cuda" }.into());
-    }
-    match CudaContext::device_count() {
-        Ok(count) => Ok(count.max(0) as usize),
-        Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE => Ok(0),
-        Err(e) => Err(CudaError::from(e).into()),
-    }
+    Ok(shoal_kernels::cuda::device_count()?)
 }
 
 /// Settings of a [`DeviceCommunicator`]; every rank of a ring must use the same.

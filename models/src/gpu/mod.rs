@@ -230,6 +230,11 @@ impl GpuGpt {
         Ok(gpu.download(&self.grads)?)
     }
 
+    /// The gradients on the device, e.g. for a device collective to reduce in place.
+    pub fn grads_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.grads
+    }
+
     /// Copies the gradients into `out` (as long as the parameters), e.g. a data-parallel
     /// rank's host buffer that its collectives then reduce.
     pub fn grads_into(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), GpuModelError> {
