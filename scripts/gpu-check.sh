@@ -12,10 +12,13 @@
 #      torch.compile (skipped when python3 has no torch);
 #   5. `shoal bench device-collectives`: the CUDA IPC ring with 2 ranks on the one GPU
 #      and NCCL with 1 rank, against the device's copy bandwidth.
+# Before 1, the GPU tests of every crate when their binaries are there (built by
+# scripts/build-gpu-check.sh into target/gpu/tests/); after 3, 8 steps in bf16 mixed
+# precision and 8 steps of two data-parallel GPU ranks reducing over the IPC ring.
 #
 # Usage: scripts/gpu-check.sh [SHOAL_BINARY]   (default target/release/shoal, built
-#        here with `cargo build --release --features cuda`; it needs no CUDA toolkit
-#        to build). Output goes to the terminal and, when $OUT is set, to
+#        here with `cargo build --release --features cuda`, or target/gpu/shoal from
+#        scripts/build-gpu-check.sh; neither needs a CUDA toolkit to build). Output goes to the terminal and, when $OUT is set, to
 #        $OUT/gpu-check.txt, $OUT/gpu-train.txt, $OUT/gpu-trainer.txt,
 #        $OUT/torch-baseline.txt and $OUT/gpu-collectives.txt. Exits nonzero if a
 #        gpu-check run, the training run or the IPC collectives bench failed.
@@ -60,12 +63,37 @@ log_more() {
 }
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+
+# The GPU tests, when scripts/build-gpu-check.sh put their binaries next to the shoal
+# binary (target/gpu/tests/): each crate's GPU tests only (the rest run in CI).
+tests_status=0
+tests_dir=$(dirname "$bin")/tests
+if [[ -d $tests_dir ]]; then
+    echo "== GPU tests ($tests_dir)"
+    if [[ -n ${OUT:-} ]]; then : > "$OUT/gpu-tests.txt"; fi
+    for t in "$tests_dir"/*; do
+        case $(basename "$t") in
+            shoal_kernels) filter=cuda:: ;;
+            shoal_models) filter=gpu:: ;;
+            shoal_actors) filter=gpu ;;
+            shoal_collectives) filter=device ;;
+            *) filter= ;;
+        esac
+        echo "-- $(basename "$t") $filter" | log_more gpu-tests.txt
+        timeout 120 "$t" $filter --test-threads 1 --nocapture 2>&1 | log_more gpu-tests.txt
+        rc=${PIPESTATUS[0]}
+        if [[ $rc -ne 0 ]]; then tests_status=$rc; fi
+    done
+    echo "GPU tests exited with $tests_status"
+else
+    echo "== GPU tests skipped: no $tests_dir (scripts/build-gpu-check.sh builds them)"
+fi
 echo "== shoal gpu-check ($bin)"
 timeout 240 "$bin" gpu-check 2>&1 | log gpu-check.txt
 status=${PIPESTATUS[0]}
 echo "shoal gpu-check exited with $status"
 echo "== shoal gpu-check --train: the GPU step against the CPU model, then GPT-2 124M"
-timeout 180 "$bin" gpu-check --train --skip-kernels --gemm-size 0 2>&1 | log gpu-train.txt
+timeout 180 "$bin" gpu-check --train --precision bf16 --skip-kernels --gemm-size 0 2>&1 | log gpu-train.txt
 train_status=${PIPESTATUS[0]}
 echo "shoal gpu-check --train exited with $train_status"
 
@@ -87,6 +115,27 @@ if [[ -f /tmp/gpu-train/metrics.jsonl ]]; then
     grep '"tokens_per_s"' /tmp/gpu-train/metrics.jsonl | log_more gpu-trainer.txt
 fi
 
+echo "== bf16 mixed precision and two GPU ranks: GPT-2 124M, 8 trainer steps each"
+# One rank in bf16 mixed precision; then two data-parallel ranks (on this one GPU, or
+# two) with the gradient all-reduced on the devices by the IPC ring, AdamW on the host.
+train_more() {
+    local out=$1
+    shift
+    timeout 90 "$bin" train --device cuda --preset gpt2 --data-builtin --seq-len 1024 \
+        --batch-size 8 --max-steps 8 --lr 6e-4 --min-lr 6e-5 --warmup-steps 2 \
+        --eval-every 0 --checkpoint-every 0 --keep-checkpoints 1 --overwrite \
+        --out-dir "$out" "$@" 2>&1 | log_more gpu-trainer.txt
+    local rc=${PIPESTATUS[0]}
+    echo "shoal train $* exited with $rc" | log_more gpu-trainer.txt
+    if [[ -f $out/metrics.jsonl ]]; then
+        grep '"tokens_per_s"' "$out/metrics.jsonl" | log_more gpu-trainer.txt
+    fi
+    return "$rc"
+}
+train_more /tmp/gpu-train-bf16 --gpu-precision bf16 || trainer_status=$?
+train_more /tmp/gpu-train-ranks --ranks 2 --gpu-matmul tf32 --gpu-collectives ipc \
+    || trainer_status=$?
+
 if python3 -c 'import torch' 2>/dev/null; then
     echo "== PyTorch baseline"
     PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_gpu_baseline.py --seconds 40 2>&1 \
@@ -106,6 +155,7 @@ timeout 60 "$bin" bench device-collectives --backend nccl --ranks 1 --size-mib 1
     --iters 5 2>&1 | log_more gpu-collectives.txt
 echo "device collectives (nccl) exited with ${PIPESTATUS[0]}" | log_more gpu-collectives.txt
 
+if [[ $status -eq 0 ]]; then status=$tests_status; fi
 if [[ $status -eq 0 ]]; then status=$train_status; fi
 if [[ $status -eq 0 ]]; then status=$trainer_status; fi
 if [[ $status -eq 0 ]]; then status=$collectives_status; fi
