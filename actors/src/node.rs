@@ -24,7 +24,7 @@ use shoal_models::Gpt;
 use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
 use crate::pieces::Mirror;
-use crate::rank::{GpuCompute, ordinal_of};
+use crate::rank::{GpuCompute, attach_device_collectives, ordinal_of};
 use crate::rank::{Rank, RankArgs, RankMsg};
 use crate::recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMsg, RecomputeScheduler,
@@ -504,57 +504,6 @@ impl Drop for Node {
             let _ = self.runtime.block_on(handle);
         }
     }
-}
-
-/// Forms the device communicators of `ranks` (all `world` ranks of the ring, each
-/// on a GPU) over a second in-process ring, one thread per rank since forming is
-/// collective.
-fn attach_device_collectives(
-    ranks: &mut [RankArgs],
-    world: usize,
-    backend: shoal_collectives::DeviceBackend,
-) -> Result<()> {
-    let invalid = |reason: String| TrainError::InvalidConfig {
-        field: "gpu_collectives",
-        reason,
-    };
-    if ranks.len() != world {
-        return Err(invalid(format!(
-            "is `{backend}`, which needs every rank in one process, but this node has {} of \
-             the ring's {world} ranks; use `host`",
-            ranks.len()
-        )));
-    }
-    let timeout = crate::trainer::TRAIN_COMM_TIMEOUT;
-    let config = shoal_collectives::CommConfig {
-        timeout,
-        ..Default::default()
-    };
-    let hosts = shoal_collectives::LocalHub::new().group(world, config)?;
-    let mut gpus = Vec::with_capacity(world);
-    for args in ranks.iter_mut() {
-        match args.gpu.as_mut() {
-            Some(gpu) => gpus.push(gpu),
-            None => {
-                return Err(invalid(format!(
-                    "is `{backend}`, which needs every rank computing on a GPU"
-                )));
-            }
-        }
-    }
-    std::thread::scope(|s| {
-        let joins: Vec<_> = gpus
-            .into_iter()
-            .zip(hosts)
-            .map(|(gpu, host)| s.spawn(move || gpu.attach(host, backend, timeout)))
-            .collect();
-        joins.into_iter().try_for_each(|j| {
-            j.join().map_err(|_| TrainError::Actor {
-                actor: "Node",
-                reason: "a rank's device communicator panicked while forming".into(),
-            })?
-        })
-    })
 }
 
 /// A rank's start: its rows, its compute (on GPU `gpu` if given), its pieces.

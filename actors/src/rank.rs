@@ -30,10 +30,10 @@ use crate::zero::{ZeroOutcome, ZeroShard, ZeroStage};
 mod gpu;
 mod parts;
 
-pub(crate) use gpu::ordinal_of;
 #[cfg(feature = "cuda")]
 pub(crate) use gpu::products_of;
 pub use gpu::{GpuBackward, GpuCompute};
+pub(crate) use gpu::{attach_device_collectives, ordinal_of};
 use parts::{Gathered, Scattered, lift, part_index};
 
 /// Messages of the [`Rank`].

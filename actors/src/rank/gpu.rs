@@ -32,6 +32,57 @@ pub(crate) fn ordinal_of(first: usize, local: usize, count: usize) -> usize {
     (first + local) % count.max(1)
 }
 
+/// Forms the device communicators of `ranks` (all `world` ranks of the ring, each
+/// on a GPU) over a second in-process ring, one thread per rank since forming is
+/// collective.
+pub(crate) fn attach_device_collectives(
+    ranks: &mut [super::RankArgs],
+    world: usize,
+    backend: shoal_collectives::DeviceBackend,
+) -> Result<()> {
+    let invalid = |reason: String| crate::error::TrainError::InvalidConfig {
+        field: "gpu_collectives",
+        reason,
+    };
+    if ranks.len() != world {
+        return Err(invalid(format!(
+            "is `{backend}`, which needs every rank in one process, but this node has {} of \
+             the ring's {world} ranks; use `host`",
+            ranks.len()
+        )));
+    }
+    let timeout = crate::trainer::TRAIN_COMM_TIMEOUT;
+    let config = shoal_collectives::CommConfig {
+        timeout,
+        ..Default::default()
+    };
+    let hosts = shoal_collectives::LocalHub::new().group(world, config)?;
+    let mut gpus = Vec::with_capacity(world);
+    for args in ranks.iter_mut() {
+        match args.gpu.as_mut() {
+            Some(gpu) => gpus.push(gpu),
+            None => {
+                return Err(invalid(format!(
+                    "is `{backend}`, which needs every rank computing on a GPU"
+                )));
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        let joins: Vec<_> = gpus
+            .into_iter()
+            .zip(hosts)
+            .map(|(gpu, host)| s.spawn(move || gpu.attach(host, backend, timeout)))
+            .collect();
+        joins.into_iter().try_for_each(|j| {
+            j.join().map_err(|_| crate::error::TrainError::Actor {
+                actor: "Node",
+                reason: "a rank's device communicator panicked while forming".into(),
+            })?
+        })
+    })
+}
+
 /// What a GPU rank's step reports.
 pub struct GpuBackward {
     /// The sum over micro-batches of each one's mean loss on this rank's rows.

@@ -35,6 +35,8 @@ mod reduce;
 mod storage;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bf16;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
