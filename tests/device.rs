@@ -1,6 +1,6 @@
 //! `shoal train --device`: asking for a GPU where there is none (or in a build without
 //! the `cuda` feature) is a clear error naming CUDA and a non-zero exit, never a panic;
-//! so are a device that is not one, and several ranks on a GPU.
+//! so are a device that is not one, and GPU-only settings on the CPU.
 
 use std::path::Path;
 use std::process::Output;
@@ -55,10 +55,37 @@ fn cpu_device_trains_as_before() {
 }
 
 #[test]
-fn unknown_devices_and_several_gpu_ranks_are_refused() {
+fn unknown_devices_and_gpu_only_settings_on_the_cpu_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let o = train(tmp.path(), &["--device", "gpu0"]);
     assert_fails(&o, &["`device`", "gpu0", "cuda:N"]);
-    let o = train(tmp.path(), &["--device", "cuda:1", "--ranks", "2"]);
-    assert_fails(&o, &["`device`", "not yet"]);
+    let o = train(tmp.path(), &["--gpu-collectives", "nccl", "--ranks", "2"]);
+    assert_fails(&o, &["`gpu_collectives`", "needs a `cuda` device"]);
+    let o = train(tmp.path(), &["--gpu-precision", "fp16"]);
+    assert_fails(&o, &["`gpu_precision`", "fp32 or bf16"]);
+}
+
+#[test]
+fn several_gpu_ranks_fail_clearly_without_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--device", "cuda:1", "--ranks", "2", "--zero", "3"];
+    let o = train(tmp.path(), &args);
+    if cfg!(feature = "cuda") && o.status.success() {
+        // A CUDA build on a machine with GPUs: the ranks trained there.
+        assert!(tmp.path().join("run/checkpoints").is_dir());
+        return;
+    }
+    if cfg!(feature = "cuda") {
+        assert_fails(&o, &["CUDA device"]);
+    } else {
+        assert_fails(&o, &["`device`", "built without CUDA"]);
+    }
+    // Recomputation on a GPU: none or full only, without a budget.
+    let o = train(tmp.path(), &["--device", "cuda", "--recompute", "selective"]);
+    let want = if cfg!(feature = "cuda") {
+        "runs on the CPU only"
+    } else {
+        "built without CUDA"
+    };
+    assert_fails(&o, &[want]);
 }

@@ -88,7 +88,7 @@ pub struct TrainConfig {
     /// may share a GPU). The device ones need every rank in this process
     /// (`ranks`, not `--procs` or nodes) and every rank with rows of the batch.
     pub gpu_collectives: String,
-    /// Activation recomputation (CPU): `none`, `selective` (the attention core's
+    /// Activation recomputation (on a GPU only `none` and `full`): `none`, `selective` (the attention core's
     /// output), `full` (each layer from its input) on every layer, or `auto`: the
     /// plan that fits `activation_budget` and recomputes least (keeping everything
     /// when there is no budget). See [`crate::recompute`].
@@ -448,13 +448,7 @@ impl TrainConfig {
             if !cfg!(feature = "cuda") {
                 return Err(built_without_cuda(&self.device));
             }
-            if recompute != crate::recompute::RecomputeSettings::default() {
-                return Err(invalid(
-                    "recompute",
-                    "and `activation_budget` apply to the CPU path only; leave them unset \
-                     with a `cuda` device",
-                ));
-            }
+            recompute.on_gpu()?;
         }
         if self.seq_len > model.n_positions {
             return Err(invalid(

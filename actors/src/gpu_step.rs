@@ -26,12 +26,13 @@ pub(crate) use without_cuda::GpuStep;
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use shoal_kernels::cuda::Gpu;
-    use shoal_models::Precision;
     use shoal_models::gpu::{GpuGpt, GpuModelError};
+    use shoal_models::{Precision, Recompute, RecomputePlan};
 
     use super::*;
     use crate::config::Device;
     use crate::error::TrainError;
+    use crate::recompute::RecomputeSettings;
 
     /// One GPU and, from the first step on, the model's state on it.
     pub(crate) struct GpuStep {
@@ -42,6 +43,8 @@ mod on_gpu {
         t: usize,
         /// Storage of the device model.
         precision: Precision,
+        /// Recomputation of every layer (`none` or `full`).
+        recompute: Recompute,
         /// `None` until the first step uploads the host state.
         model: Option<GpuGpt>,
         /// Whether the device holds steps the host state has not seen.
@@ -64,6 +67,7 @@ mod on_gpu {
                 b: config.batch_size,
                 t: config.seq_len,
                 precision: config.gpu_precision()?,
+                recompute: RecomputeSettings::from_config(config)?.on_gpu()?,
                 model: None,
                 host_stale: false,
             }))
@@ -88,7 +92,13 @@ mod on_gpu {
             let gpu = &self.gpu;
             let dev = match self.model.take() {
                 Some(dev) => dev,
-                None => upload(gpu, model, state, (self.b, self.t), self.precision).map_err(err)?,
+                None => {
+                    let mut dev =
+                        upload(gpu, model, state, (self.b, self.t), self.precision).map_err(err)?;
+                    let plan = RecomputePlan::uniform(model.config.n_layer, self.recompute);
+                    dev.set_recompute(gpu, &plan).map_err(err)?;
+                    dev
+                }
             };
             let dev = self.model.insert(dev);
             let accum = hp.grad_accum.max(1);

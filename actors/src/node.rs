@@ -528,7 +528,7 @@ fn rank_args(
     } else {
         spec.threads_per_rank
     };
-    let on_gpu = gpu
+    let mut on_gpu = gpu
         .filter(|_| compute_rows > 0)
         .map(|ordinal| {
             GpuCompute::open(
@@ -541,6 +541,9 @@ fn rank_args(
             )
         })
         .transpose()?;
+    if let Some(gpu) = on_gpu.as_mut().filter(|_| recompute.plan.recomputes()) {
+        gpu.set_recompute(&recompute.plan)?;
+    }
     let compute = (compute_rows > 0 && on_gpu.is_none())
         .then(|| {
             Replicas::with_plan(

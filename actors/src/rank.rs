@@ -466,9 +466,13 @@ impl Actor for Rank {
             }
             RankMsg::SetRecompute(plan, reply) => {
                 // Steps run inside `handle`, so the worker is back between them.
-                let out = match state.worker.as_mut().and_then(|w| w.compute.as_mut()) {
-                    Some(compute) => compute.set_plan(&plan),
-                    None => Ok(()),
+                let out = match state.worker.as_mut() {
+                    Some(Worker {
+                        compute: Some(compute),
+                        ..
+                    }) => compute.set_plan(&plan),
+                    Some(Worker { gpu: Some(gpu), .. }) => gpu.set_recompute(&plan),
+                    _ => Ok(()),
                 };
                 let _ = reply.send(out);
             }

@@ -110,6 +110,34 @@ impl RecomputeSettings {
     }
 }
 
+impl RecomputeSettings {
+    /// The policy on every layer of a GPU model: `none` or `full` (also `auto`
+    /// without a budget, which keeps everything). A budget and `selective` are
+    /// CPU-only: the budget is planned with the CPU model's byte counts, and the GPU
+    /// attention keeps no scores either way.
+    pub fn on_gpu(&self) -> Result<Recompute> {
+        let refuse = |field: &'static str, reason: &str| TrainError::InvalidConfig {
+            field,
+            reason: reason.into(),
+        };
+        if self.budget.is_some() {
+            return Err(refuse(
+                "activation_budget",
+                "is planned for the CPU path only; with a `cuda` device leave it unset and \
+                 choose recompute = \"none\" or \"full\"",
+            ));
+        }
+        match self.mode {
+            RecomputeMode::Auto | RecomputeMode::Fixed(Recompute::None) => Ok(Recompute::None),
+            RecomputeMode::Fixed(Recompute::Full) => Ok(Recompute::Full),
+            RecomputeMode::Fixed(Recompute::Selective) => Err(refuse(
+                "recompute",
+                "`selective` runs on the CPU only; with a `cuda` device use none or full",
+            )),
+        }
+    }
+}
+
 /// What a plan is chosen for: one rank of a data-parallel ring.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanInputs {

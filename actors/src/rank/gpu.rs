@@ -97,9 +97,9 @@ mod on_gpu {
         Communicator, DeviceBackend, DeviceCollectiveError, DeviceCommunicator, DeviceConfig,
         ReduceOp,
     };
-    use shoal_kernels::cuda::{Gpu, Products};
+    use shoal_kernels::cuda::{CudaError, Gpu, Products};
     use shoal_models::gpu::{GpuGpt, GpuModelError};
-    use shoal_models::{GptConfig, Precision};
+    use shoal_models::{GptConfig, Precision, RecomputePlan};
 
     use super::{GpuBackward, Result};
     use crate::error::TrainError;
@@ -174,6 +174,26 @@ mod on_gpu {
             Ok(())
         }
 
+        /// Lays the device activations out by `plan` (`none` or `full` per layer:
+        /// [`GpuGpt::set_recompute`]).
+        pub fn set_recompute(&mut self, plan: &RecomputePlan) -> Result<()> {
+            self.bind()?;
+            let ordinal = self.ordinal;
+            self.model
+                .set_recompute(&self.gpu, plan)
+                .map_err(|e| gpu_error(ordinal, e))
+        }
+
+        /// Makes the GPU's context the current one on this thread (the blocking
+        /// pool runs each step on whichever thread is free).
+        fn bind(&self) -> Result<()> {
+            self.gpu
+                .stream()
+                .context()
+                .bind_to_thread()
+                .map_err(|e| gpu_error(self.ordinal, CudaError::from(e).into()))
+        }
+
         /// Whether the gradient is reduced on the devices ([`GpuCompute::attach`]).
         pub fn reduces_on_device(&self) -> bool {
             self.reduce.is_some()
@@ -200,15 +220,9 @@ mod on_gpu {
             scale: f32,
             mut check: impl FnMut(f32) -> Result<f32>,
         ) -> Result<GpuBackward> {
+            self.bind()?;
             let ordinal = self.ordinal;
             let err = |e: GpuModelError| gpu_error(ordinal, e);
-            // The blocking pool runs each step on whichever thread is free: make the
-            // GPU's context the current one on this thread first.
-            self.gpu
-                .stream()
-                .context()
-                .bind_to_thread()
-                .map_err(|e| err(shoal_kernels::cuda::CudaError::from(e).into()))?;
             let dev = &mut self.model;
             dev.set_params(&self.gpu, params).map_err(err)?;
             dev.zero_grads(&self.gpu).map_err(err)?;
@@ -294,6 +308,11 @@ mod without_cuda {
 
         /// Never called: there is no value to call it on.
         pub fn reduces_on_device(&self) -> bool {
+            match *self {}
+        }
+
+        /// Never called: there is no value to call it on.
+        pub fn set_recompute(&mut self, _plan: &shoal_models::RecomputePlan) -> Result<()> {
             match *self {}
         }
 

@@ -7,7 +7,7 @@ use std::ops::Range;
 use shoal_kernels::WeightLayout;
 use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu, Storage};
 
-use super::forward::Acts;
+use super::forward::{Acts, block_forward};
 use super::{Compute, Dims, GpuGpt, GpuModelError, Ranges};
 use crate::ModelError;
 
@@ -126,6 +126,8 @@ fn backward_pass<X: Storage>(
     let Acts {
         encoded,
         blocks,
+        outputs,
+        work,
         lnf,
         lnf_mean,
         lnf_rstd,
@@ -159,7 +161,7 @@ fn backward_pass<X: Storage>(
         grads,
         n,
     };
-    let last = blocks.last().map_or(&*encoded, |x| &x.residual3);
+    let last = outputs.last().unwrap_or(&*encoded);
     flat.layernorm(
         (&r.lnf_w, &r.lnf_b),
         &mut s.dresidual,
@@ -169,9 +171,20 @@ fn backward_pass<X: Storage>(
         c,
     )?;
     for (l, w) in r.blocks.iter().enumerate().rev() {
-        let (before, rest) = blocks.split_at(l);
-        let x = &rest[0];
-        let residual = before.last().map_or(&*encoded, |prev| &prev.residual3);
+        let (before, rest) = outputs.split_at_mut(l);
+        let residual = before.last().unwrap_or(&*encoded);
+        let x = match blocks[l].as_ref() {
+            Some(kept) => kept,
+            None => {
+                // Recomputed: the layer's forward again, from its kept input (its
+                // output, rewritten with the same values, is not read again).
+                let x = work
+                    .as_mut()
+                    .expect("a recomputed layer has the work activations");
+                block_forward(gpu, d, p, w, residual, x, &mut rest[0])?;
+                &*x
+            }
+        };
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
         for buf in [&mut s.dfch_gelu, &mut s.dfch, &mut s.dln] {
             stream.memset_zeros(buf)?;

@@ -9,8 +9,10 @@ use shoal_kernels::WeightLayout;
 use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu, Storage};
 
 use super::{Dims, Ranges};
+use crate::gpt::BlockRanges;
 
-/// One block's activations on the device, kept from forward for backward.
+/// One block's activations on the device, kept from forward for backward (its
+/// output, the residual stream after it, is kept apart: see [`Acts`]).
 pub(super) struct BlockActs<X> {
     pub(super) ln1: CudaSlice<X>,        // [N, C]
     pub(super) ln1_mean: CudaSlice<f32>, // [N]
@@ -24,7 +26,6 @@ pub(super) struct BlockActs<X> {
     pub(super) ln2_rstd: CudaSlice<f32>, // [N]
     pub(super) fch: CudaSlice<X>,        // [N, 4C]
     pub(super) fch_gelu: CudaSlice<X>,   // [N, 4C]
-    pub(super) residual3: CudaSlice<X>,  // [N, C]
 }
 
 /// Backward scratch (activation gradients), reused across blocks.
@@ -38,9 +39,16 @@ pub(super) struct Scratch<X> {
 }
 
 /// Every activation of one (B, T), and the backward scratch.
+///
+/// Each layer's output (`outputs[l]`, the next layer's input) is always kept. A
+/// layer under [`crate::Recompute::Full`] keeps nothing else (`blocks[l]` is `None`):
+/// forward runs it in the shared `work` activations, and backward runs its
+/// forward again there from its input just before its backward.
 pub(super) struct Acts<X> {
     pub(super) encoded: CudaSlice<X>, // [N, C]
-    pub(super) blocks: Vec<BlockActs<X>>,
+    pub(super) blocks: Vec<Option<BlockActs<X>>>,
+    pub(super) outputs: Vec<CudaSlice<X>>, // L × [N, C]
+    pub(super) work: Option<BlockActs<X>>,
     pub(super) lnf: CudaSlice<X>,        // [N, C]
     pub(super) lnf_mean: CudaSlice<f32>, // [N]
     pub(super) lnf_rstd: CudaSlice<f32>, // [N]
@@ -50,34 +58,60 @@ pub(super) struct Acts<X> {
     pub(super) scratch: Scratch<X>,
 }
 
-impl<X: Storage> Acts<X> {
-    /// Zeroed activations for `d`.
-    pub(super) fn new(gpu: &Gpu, d: &Dims, n_layer: usize) -> Result<Self, CudaError> {
+impl<X: Storage> BlockActs<X> {
+    /// Zeroed activations of one block for `d`.
+    fn new(gpu: &Gpu, d: &Dims) -> Result<Self, CudaError> {
         let (n, c) = (d.n(), d.c);
         let x = |len: usize| gpu.zeros::<X>(len);
         let f = |len: usize| gpu.zeros::<f32>(len);
-        let blocks = (0..n_layer)
-            .map(|_| {
-                Ok(BlockActs {
-                    ln1: x(n * c)?,
-                    ln1_mean: f(n)?,
-                    ln1_rstd: f(n)?,
-                    qkv: x(n * 3 * c)?,
-                    atty: x(n * c)?,
-                    att_lse: f(d.b * d.nh * d.t)?,
-                    residual2: x(n * c)?,
-                    ln2: x(n * c)?,
-                    ln2_mean: f(n)?,
-                    ln2_rstd: f(n)?,
-                    fch: x(n * 4 * c)?,
-                    fch_gelu: x(n * 4 * c)?,
-                    residual3: x(n * c)?,
-                })
-            })
+        Ok(BlockActs {
+            ln1: x(n * c)?,
+            ln1_mean: f(n)?,
+            ln1_rstd: f(n)?,
+            qkv: x(n * 3 * c)?,
+            atty: x(n * c)?,
+            att_lse: f(d.b * d.nh * d.t)?,
+            residual2: x(n * c)?,
+            ln2: x(n * c)?,
+            ln2_mean: f(n)?,
+            ln2_rstd: f(n)?,
+            fch: x(n * 4 * c)?,
+            fch_gelu: x(n * 4 * c)?,
+        })
+    }
+}
+
+impl<X: Storage> Acts<X> {
+    /// Lays the blocks' activations out anew by `full` (as [`Acts::new`]),
+    /// freeing the old ones first; the rest is kept.
+    pub(super) fn relayout(&mut self, gpu: &Gpu, d: &Dims, full: &[bool]) -> Result<(), CudaError> {
+        self.blocks.clear();
+        self.work = None;
+        self.blocks = full
+            .iter()
+            .map(|&full| (!full).then(|| BlockActs::new(gpu, d)).transpose())
             .collect::<Result<Vec<_>, CudaError>>()?;
-        Ok(Acts {
+        if full.iter().any(|&full| full) {
+            self.work = Some(BlockActs::new(gpu, d)?);
+        }
+        Ok(())
+    }
+
+    /// Zeroed activations for `d`, laid out by `full`: whether each layer is
+    /// recomputed in backward ([`crate::Recompute::Full`]) rather than kept.
+    pub(super) fn new(gpu: &Gpu, d: &Dims, full: &[bool]) -> Result<Self, CudaError> {
+        let (n, c) = (d.n(), d.c);
+        let x = |len: usize| gpu.zeros::<X>(len);
+        let f = |len: usize| gpu.zeros::<f32>(len);
+        let outputs = full
+            .iter()
+            .map(|_| x(n * c))
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        let mut acts = Acts {
             encoded: x(n * c)?,
-            blocks,
+            blocks: Vec::new(),
+            outputs,
+            work: None,
             lnf: x(n * c)?,
             lnf_mean: f(n)?,
             lnf_rstd: f(n)?,
@@ -92,7 +126,9 @@ impl<X: Storage> Acts<X> {
                 dfch_gelu: x(n * 4 * c)?,
                 dfch: x(n * 4 * c)?,
             },
-        })
+        };
+        acts.relayout(gpu, d, full)?;
+        Ok(acts)
     }
 }
 
@@ -108,94 +144,23 @@ pub(super) fn forward_pass<X: Storage>(
     tokens: &CudaSlice<u32>,
     targets: &CudaSlice<u32>,
 ) -> Result<(), CudaError> {
-    let (b, t, c, nh, v, eps) = (d.b, d.t, d.c, d.nh, d.v, d.eps);
+    let (b, t, c, v, eps) = (d.b, d.t, d.c, d.v, d.eps);
     let n = d.n();
     let (wte, wpe) = (p.slice(r.wte.clone()), p.slice(r.wpe.clone()));
     k::embedding_forward(gpu, &mut a.encoded, tokens, &wte, &wpe, b, t, c)?;
-    let w_ = |range: &Range<usize>| p.slice(range.clone());
-    let inout = WeightLayout::InOut;
     for (l, w) in r.blocks.iter().enumerate() {
-        let (before, rest) = a.blocks.split_at_mut(l);
-        let x = &mut rest[0];
-        let residual = before.last().map_or(&a.encoded, |prev| &prev.residual3);
-        k::layernorm_forward(
-            gpu,
-            &mut x.ln1,
-            &mut x.ln1_mean,
-            &mut x.ln1_rstd,
-            residual,
-            &w_(&w.ln1_w),
-            &w_(&w.ln1_b),
-            n,
-            c,
-            eps,
-        )?;
-        let qkv_b = w_(&w.qkv_b);
-        k::matmul_forward(
-            gpu,
-            &mut x.qkv,
-            &x.ln1,
-            &w_(&w.qkv_w),
-            Some(&qkv_b),
-            n,
-            c,
-            3 * c,
-            inout,
-        )?;
-        k::attention_forward(gpu, &mut x.atty, &mut x.att_lse, &x.qkv, b, t, c, nh)?;
-        let attproj_b = w_(&w.attproj_b);
-        k::matmul_forward(
-            gpu,
-            &mut x.residual2,
-            &x.atty,
-            &w_(&w.attproj_w),
-            Some(&attproj_b),
-            n,
-            c,
-            c,
-            inout,
-        )?;
-        k::add_inplace(gpu, &mut x.residual2, residual)?;
-        k::layernorm_forward(
-            gpu,
-            &mut x.ln2,
-            &mut x.ln2_mean,
-            &mut x.ln2_rstd,
-            &x.residual2,
-            &w_(&w.ln2_w),
-            &w_(&w.ln2_b),
-            n,
-            c,
-            eps,
-        )?;
-        let fc_b = w_(&w.fc_b);
-        k::matmul_forward(
-            gpu,
-            &mut x.fch,
-            &x.ln2,
-            &w_(&w.fc_w),
-            Some(&fc_b),
-            n,
-            c,
-            4 * c,
-            inout,
-        )?;
-        k::gelu_forward(gpu, &mut x.fch_gelu, &x.fch)?;
-        let fcproj_b = w_(&w.fcproj_b);
-        k::matmul_forward(
-            gpu,
-            &mut x.residual3,
-            &x.fch_gelu,
-            &w_(&w.fcproj_w),
-            Some(&fcproj_b),
-            n,
-            4 * c,
-            c,
-            inout,
-        )?;
-        k::add_inplace(gpu, &mut x.residual3, &x.residual2)?;
+        let (before, rest) = a.outputs.split_at_mut(l);
+        let residual = before.last().unwrap_or(&a.encoded);
+        let x = match a.blocks[l].as_mut() {
+            Some(kept) => kept,
+            None => a
+                .work
+                .as_mut()
+                .expect("a recomputed layer has the work activations"),
+        };
+        block_forward(gpu, d, p, w, residual, x, &mut rest[0])?;
     }
-    let last = a.blocks.last().map_or(&a.encoded, |x| &x.residual3);
+    let last = a.outputs.last().unwrap_or(&a.encoded);
     let (lnf_w, lnf_b) = (p.slice(r.lnf_w.clone()), p.slice(r.lnf_b.clone()));
     k::layernorm_forward(
         gpu,
@@ -223,4 +188,97 @@ pub(super) fn forward_pass<X: Storage>(
         WeightLayout::OutIn,
     )?;
     k::crossentropy_forward(gpu, &mut a.losses, &mut a.lse, &a.logits, targets, n, v)
+}
+
+/// One block's forward from its input `residual` (the stream before it) with
+/// weights `p` at `w`: its activations into `x`, its output into `out`.
+pub(super) fn block_forward<X: Storage>(
+    gpu: &Gpu,
+    d: &Dims,
+    p: &CudaSlice<X>,
+    w: &BlockRanges,
+    residual: &CudaSlice<X>,
+    x: &mut BlockActs<X>,
+    out: &mut CudaSlice<X>,
+) -> Result<(), CudaError> {
+    let (b, t, c, nh, eps) = (d.b, d.t, d.c, d.nh, d.eps);
+    let n = d.n();
+    let w_ = |range: &Range<usize>| p.slice(range.clone());
+    let inout = WeightLayout::InOut;
+    k::layernorm_forward(
+        gpu,
+        &mut x.ln1,
+        &mut x.ln1_mean,
+        &mut x.ln1_rstd,
+        residual,
+        &w_(&w.ln1_w),
+        &w_(&w.ln1_b),
+        n,
+        c,
+        eps,
+    )?;
+    let qkv_b = w_(&w.qkv_b);
+    k::matmul_forward(
+        gpu,
+        &mut x.qkv,
+        &x.ln1,
+        &w_(&w.qkv_w),
+        Some(&qkv_b),
+        n,
+        c,
+        3 * c,
+        inout,
+    )?;
+    k::attention_forward(gpu, &mut x.atty, &mut x.att_lse, &x.qkv, b, t, c, nh)?;
+    let attproj_b = w_(&w.attproj_b);
+    k::matmul_forward(
+        gpu,
+        &mut x.residual2,
+        &x.atty,
+        &w_(&w.attproj_w),
+        Some(&attproj_b),
+        n,
+        c,
+        c,
+        inout,
+    )?;
+    k::add_inplace(gpu, &mut x.residual2, residual)?;
+    k::layernorm_forward(
+        gpu,
+        &mut x.ln2,
+        &mut x.ln2_mean,
+        &mut x.ln2_rstd,
+        &x.residual2,
+        &w_(&w.ln2_w),
+        &w_(&w.ln2_b),
+        n,
+        c,
+        eps,
+    )?;
+    let fc_b = w_(&w.fc_b);
+    k::matmul_forward(
+        gpu,
+        &mut x.fch,
+        &x.ln2,
+        &w_(&w.fc_w),
+        Some(&fc_b),
+        n,
+        c,
+        4 * c,
+        inout,
+    )?;
+    k::gelu_forward(gpu, &mut x.fch_gelu, &x.fch)?;
+    let fcproj_b = w_(&w.fcproj_b);
+    k::matmul_forward(
+        gpu,
+        out,
+        &x.fch_gelu,
+        &w_(&w.fcproj_w),
+        Some(&fcproj_b),
+        n,
+        4 * c,
+        c,
+        inout,
+    )?;
+    k::add_inplace(gpu, out, &x.residual2)
 }

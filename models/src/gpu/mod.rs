@@ -28,7 +28,7 @@ use shoal_kernels::{AdamW, DecaySpan, clip_coefficient};
 
 use crate::gpt::BlockRanges;
 use crate::parts::check_len;
-use crate::{GptConfig, ModelError, ParamLayout, Precision, StateBytes};
+use crate::{GptConfig, ModelError, ParamLayout, Precision, Recompute, RecomputePlan, StateBytes};
 
 use forward::{Acts, forward_pass};
 
@@ -149,12 +149,13 @@ impl GpuGpt {
             eps: config.layer_norm_eps,
         };
         let master = gpu.upload(params)?;
+        let keep_all = vec![false; config.n_layer];
         let compute = match precision {
-            Precision::Fp32 => Compute::Fp32(Acts::new(gpu, &dims, config.n_layer)?),
+            Precision::Fp32 => Compute::Fp32(Acts::new(gpu, &dims, &keep_all)?),
             Precision::Bf16 => {
                 let mut weights = gpu.zeros::<Bf16>(layout.len())?;
                 k::f32_to_storage(gpu, &mut weights, &master)?;
-                let acts = Acts::new(gpu, &dims, config.n_layer)?;
+                let acts = Acts::new(gpu, &dims, &keep_all)?;
                 Compute::Bf16 { weights, acts }
             }
         };
@@ -209,6 +210,32 @@ impl GpuGpt {
                 optimizer: 4 * psi + moments,
             },
         }
+    }
+
+    /// Lays the activations out by `plan` (one policy per layer): a
+    /// [`Recompute::Full`] layer keeps only its output and is run again in
+    /// backward from its input, in activations all such layers share; `None`
+    /// keeps everything. [`Recompute::Selective`] is CPU-only (the GPU attention
+    /// keeps no scores either way, so it would drop only the attention output) and
+    /// is refused. Takes effect from the next forward pass; gradients equal those
+    /// of keeping everything.
+    pub fn set_recompute(&mut self, gpu: &Gpu, plan: &RecomputePlan) -> Result<(), GpuModelError> {
+        check_len("recompute plan", self.config.n_layer, plan.len())?;
+        if plan.layers().contains(&Recompute::Selective) {
+            let reason = "selective recomputation runs on the CPU only; use none or full on a GPU";
+            return Err(ModelError::InvalidConfig(reason.into()).into());
+        }
+        let full: Vec<bool> = plan
+            .layers()
+            .iter()
+            .map(|&p| p == Recompute::Full)
+            .collect();
+        self.ready_for_backward = false;
+        match &mut self.compute {
+            Compute::Fp32(acts) => acts.relayout(gpu, &self.dims, &full)?,
+            Compute::Bf16 { acts, .. } => acts.relayout(gpu, &self.dims, &full)?,
+        }
+        Ok(())
     }
 
     /// Frees the AdamW moments, for a model that only computes gradients (a

@@ -5,7 +5,7 @@ use shoal_kernels::AdamW;
 use shoal_kernels::cuda::{Comparison, Gpu};
 
 use super::GpuGpt;
-use crate::{Activations, Gpt, GptConfig, Precision};
+use crate::{Activations, Gpt, GptConfig, Precision, Recompute, RecomputePlan};
 
 /// The GPU, or `None` after printing why the test is skipped.
 fn gpu_or_skip() -> Option<Gpu> {
@@ -170,4 +170,52 @@ fn set_params_refreshes_the_bf16_copy() {
         "{after} vs ln V {ln_v} (was {before})"
     );
     assert_eq!(model.state_bytes().total(), 18 * params.len() as u64);
+}
+
+#[test]
+fn recomputed_layers_give_the_gradients_of_kept_ones() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let tiny = Tiny::new();
+    let layers = tiny.config.n_layer;
+    let step = |plan: &RecomputePlan, precision: Precision| {
+        let (b, t) = (tiny.b, tiny.t);
+        let cfg = tiny.config.clone();
+        let mut model = GpuGpt::with_precision(&gpu, cfg, &tiny.params, b, t, precision).unwrap();
+        model.set_recompute(&gpu, plan).unwrap();
+        // Two micro-batches: the second backward accumulates on recomputed layers too.
+        let mut loss = 0.0;
+        for _ in 0..2 {
+            loss = model.forward(&gpu, &tiny.tokens, &tiny.targets).unwrap();
+            model.backward(&gpu, 0.5).unwrap();
+        }
+        (loss, model.grads(&gpu).unwrap())
+    };
+    let mixed: Vec<Recompute> = (0..layers)
+        .map(|l| {
+            if l % 2 == 0 {
+                Recompute::Full
+            } else {
+                Recompute::None
+            }
+        })
+        .collect();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let (loss, grads) = step(&RecomputePlan::uniform(layers, Recompute::None), precision);
+        for plan in [
+            RecomputePlan::uniform(layers, Recompute::Full),
+            RecomputePlan::from_layers(mixed.clone()),
+        ] {
+            let (l, g) = step(&plan, precision);
+            assert_eq!(l, loss, "{precision}, {plan}: loss");
+            let c = Comparison::new(&g, &grads);
+            assert!(c.relative() <= 1e-6, "{precision}, {plan}: gradients {c:?}");
+        }
+    }
+    // Selective and a plan of the wrong length are refused.
+    let cfg = tiny.config.clone();
+    let mut model = GpuGpt::new(&gpu, cfg, &tiny.params, tiny.b, tiny.t).unwrap();
+    let selective = RecomputePlan::uniform(layers, Recompute::Selective);
+    assert!(model.set_recompute(&gpu, &selective).is_err());
+    let short = RecomputePlan::uniform(layers - 1, Recompute::Full);
+    assert!(model.set_recompute(&gpu, &short).is_err());
 }
