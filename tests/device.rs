@@ -81,7 +81,10 @@ fn several_gpu_ranks_fail_clearly_without_a_gpu() {
         assert_fails(&o, &["`device`", "built without CUDA"]);
     }
     // Recomputation on a GPU: none or full only, without a budget.
-    let o = train(tmp.path(), &["--device", "cuda", "--recompute", "selective"]);
+    let o = train(
+        tmp.path(),
+        &["--device", "cuda", "--recompute", "selective"],
+    );
     let want = if cfg!(feature = "cuda") {
         "runs on the CPU only"
     } else {

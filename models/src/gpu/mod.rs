@@ -95,8 +95,8 @@ pub struct GpuGpt {
     ranges: Ranges,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
-    m: CudaSlice<f32>,
-    v: CudaSlice<f32>,
+    /// AdamW's first and second moments; `None` once released.
+    moments: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     tokens: CudaSlice<u32>,
     targets: CudaSlice<u32>,
     compute: Compute,
@@ -171,8 +171,7 @@ impl GpuGpt {
             },
             params: master,
             grads: z(layout.len())?,
-            m: z(layout.len())?,
-            v: z(layout.len())?,
+            moments: Some((z(layout.len())?, z(layout.len())?)),
             tokens: gpu.zeros(b * t)?,
             targets: gpu.zeros(b * t)?,
             compute,
@@ -197,7 +196,10 @@ impl GpuGpt {
     /// count, which has bf16 gradients.
     pub fn state_bytes(&self) -> StateBytes {
         let psi = self.params.len() as u64;
-        let moments = 4 * (self.m.len() + self.v.len()) as u64;
+        let moments = self
+            .moments
+            .as_ref()
+            .map_or(0, |(m, v)| 4 * (m.len() + v.len()) as u64);
         match self.compute {
             Compute::Fp32(_) => StateBytes {
                 params: 4 * psi,
@@ -241,10 +243,8 @@ impl GpuGpt {
     /// Frees the AdamW moments, for a model that only computes gradients (a
     /// data-parallel rank whose optimizer runs elsewhere); [`GpuGpt::step`] then
     /// fails, and [`GpuGpt::state_bytes`] no longer counts them.
-    pub fn release_moments(&mut self, gpu: &Gpu) -> Result<(), GpuModelError> {
-        self.m = gpu.zeros(0)?;
-        self.v = gpu.zeros(0)?;
-        Ok(())
+    pub fn release_moments(&mut self) {
+        self.moments = None;
     }
 
     /// The (master, fp32) parameters, copied back to the host.
@@ -288,21 +288,19 @@ impl GpuGpt {
     }
     /// The AdamW first and second moments, copied back to the host.
     pub fn moments(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>), GpuModelError> {
-        Ok((gpu.download(&self.m)?, gpu.download(&self.v)?))
+        let (m, v) = self.moments.as_ref().ok_or_else(moments_released)?;
+        Ok((gpu.download(m)?, gpu.download(v)?))
     }
 
     /// Replaces the AdamW moments (zero after [`GpuGpt::new`]) with `m` and `v`,
     /// e.g. those of a checkpoint being resumed.
     pub fn set_moments(&mut self, gpu: &Gpu, m: &[f32], v: &[f32]) -> Result<(), GpuModelError> {
-        check_len("adam_m", self.m.len(), m.len())?;
-        check_len("adam_v", self.v.len(), v.len())?;
+        let (dm, dv) = self.moments.as_mut().ok_or_else(moments_released)?;
+        check_len("adam_m", dm.len(), m.len())?;
+        check_len("adam_v", dv.len(), v.len())?;
         let stream = gpu.stream();
-        stream
-            .memcpy_htod(m, &mut self.m)
-            .map_err(CudaError::from)?;
-        stream
-            .memcpy_htod(v, &mut self.v)
-            .map_err(CudaError::from)?;
+        stream.memcpy_htod(m, dm).map_err(CudaError::from)?;
+        stream.memcpy_htod(v, dv).map_err(CudaError::from)?;
         Ok(())
     }
 
@@ -377,9 +375,8 @@ impl GpuGpt {
         step: u64,
         grad_clip: f32,
     ) -> Result<f32, GpuModelError> {
-        if self.m.len() != self.params.len() {
-            let reason = "the AdamW moments were released: this model only computes gradients";
-            return Err(ModelError::InvalidConfig(reason.into()).into());
+        if self.moments.is_none() {
+            return Err(moments_released());
         }
         let norm = k::sum_of_squares(gpu, &self.grads)?.sqrt() as f32;
         if grad_clip > 0.0 {
@@ -388,7 +385,8 @@ impl GpuGpt {
                 k::scale_inplace(gpu, &mut self.grads, coef)?;
             }
         }
-        let (p, g, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        let (m, v) = self.moments.as_mut().ok_or_else(moments_released)?;
+        let (p, g) = (&mut self.params, &self.grads);
         match &mut self.compute {
             Compute::Fp32(_) => k::adamw_update(gpu, p, g, m, v, hp, step, &self.spans)?,
             Compute::Bf16 { weights, .. } => {
@@ -397,4 +395,10 @@ impl GpuGpt {
         }
         Ok(norm)
     }
+}
+
+/// The error of an optimizer operation on a model whose moments were released.
+fn moments_released() -> GpuModelError {
+    let reason = "the AdamW moments were released: this model only computes gradients";
+    ModelError::InvalidConfig(reason.into()).into()
 }
