@@ -166,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             model: model.clone(),
             compute: Some(Replicas::new(&config, rows.len(), SEQ, 1)?),
             gpu: None,
-            comm,
+            comm: comm.into(),
             zero,
             // Stage 3 keeps no whole copy of the parameters.
             params: Vec::new(),

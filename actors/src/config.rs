@@ -83,13 +83,13 @@ pub struct TrainConfig {
     /// `gpu_matmul` says.
     pub gpu_precision: String,
     /// How data-parallel GPU ranks reduce gradients: `host` (copied to the host and
-    /// reduced over the training ring, any topology), or on the devices before they
-    /// leave the GPU, by `nccl` (one GPU per rank) or `ipc` (a CUDA IPC ring; ranks
-    /// may share a GPU). The device ones need every rank in this process
-    /// (`ranks`, not `--procs` or nodes) and every rank with rows of the batch.
+    /// reduced over the training ring), or on the devices before they leave the
+    /// GPU, by `nccl` (one GPU per rank; any topology NCCL reaches) or `ipc` (a
+    /// CUDA IPC ring: every rank on this host; ranks may share a GPU). The device
+    /// ones need every rank with rows of the batch.
     pub gpu_collectives: String,
-    /// Activation recomputation (on a GPU only `none` and `full`): `none`, `selective` (the attention core's
-    /// output), `full` (each layer from its input) on every layer, or `auto`: the
+    /// Activation recomputation (on a GPU `none` and `full` only): `none`,
+    /// `selective` (the attention core's output), `full` (each layer from its input) on every layer, or `auto`: the
     /// plan that fits `activation_budget` and recomputes least (keeping everything
     /// when there is no budget). See [`crate::recompute`].
     pub recompute: String,

@@ -58,7 +58,7 @@ pub use recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMode, RecomputeScheduler,
     RecomputeSettings, plan_recompute,
 };
-pub use reducer::GradientReducer;
+pub use reducer::{GradientReducer, RankComm};
 pub use replicas::Replicas;
 pub use schedule::{Decay, Phase, Schedule, SchedulePosition};
 pub use shard::ParameterShard;

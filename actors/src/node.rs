@@ -24,7 +24,7 @@ use shoal_models::Gpt;
 use crate::error::{Result, TrainError};
 use crate::feeder::{FeedPlan, Fill};
 use crate::pieces::Mirror;
-use crate::rank::{GpuCompute, attach_device_collectives, ordinal_of};
+use crate::rank::{GpuCompute, ordinal_of, with_device_collectives};
 use crate::rank::{Rank, RankArgs, RankMsg};
 use crate::recompute::{
     PlanInputs, RecomputeChange, RecomputeChoice, RecomputeMsg, RecomputeScheduler,
@@ -216,9 +216,12 @@ impl Actor for NodeActor {
     async fn pre_start(
         &self,
         myself: ActorRef<NodeMsg>,
-        NodeArgs { ranks, scheduler }: NodeArgs,
+        NodeArgs {
+            mut ranks,
+            scheduler,
+        }: NodeArgs,
     ) -> std::result::Result<NodeState, ActorProcessingErr> {
-        let aborts = ranks.iter().map(|r| r.comm.abort_handle()).collect();
+        let aborts = ranks.iter_mut().map(|r| r.comm.abort_handle()).collect();
         let mut refs = Vec::new();
         for args in ranks {
             // Unnamed: ractor's registry is process-wide, and a process may run
@@ -383,10 +386,10 @@ impl Node {
                 rank_args(spec, &model, &buckets, comm, &start, &choice, gpu)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut ranks = ranks;
-        if let Some(backend) = spec.gpu.as_ref().and_then(|g| g.collectives) {
-            attach_device_collectives(&mut ranks, world, backend)?;
-        }
+        let ranks = match spec.gpu.as_ref().and_then(|g| g.collectives) {
+            Some(backend) => with_device_collectives(ranks, backend)?,
+            None => ranks,
+        };
         let (scheduler, _) = runtime
             .block_on(Actor::spawn(None, RecomputeScheduler, inputs))
             .map_err(|e| gone("RecomputeScheduler", e))?;
@@ -566,7 +569,7 @@ fn rank_args(
     };
     Ok(RankArgs {
         model: model.clone(),
-        comm,
+        comm: comm.into(),
         compute,
         gpu: on_gpu,
         zero,

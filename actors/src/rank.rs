@@ -16,12 +16,11 @@ use std::sync::Arc;
 
 use ractor::concurrency::oneshot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use shoal_collectives::Communicator;
 use shoal_models::{Gpt, GradSink, ParamSource, Part, RecomputePlan, Whole};
 
 use crate::error::{Result, TrainError};
 use crate::feeder::{DataFeeder, FeedPlan, FeederMsg, Fill, StepBatch};
-use crate::reducer::{GradientReducer, ReducerMsg};
+use crate::reducer::{GradientReducer, RankComm, ReducerMsg};
 use crate::replicas::Replicas;
 use crate::shard::{ApplyArgs, ParameterShard, ShardArgs, ShardMsg, Shared, read, write};
 use crate::step::StepHyper;
@@ -33,7 +32,7 @@ mod parts;
 #[cfg(feature = "cuda")]
 pub(crate) use gpu::products_of;
 pub use gpu::{GpuBackward, GpuCompute};
-pub(crate) use gpu::{attach_device_collectives, ordinal_of};
+pub(crate) use gpu::{ordinal_of, with_device_collectives};
 use parts::{Gathered, Scattered, lift, part_index};
 
 /// Messages of the [`Rank`].
@@ -58,8 +57,8 @@ pub enum RankMsg {
 pub struct RankArgs {
     /// The model.
     pub model: Arc<Gpt>,
-    /// Its ring.
-    pub comm: Communicator,
+    /// Its ring (with device collectives when its gradient is reduced on the GPUs).
+    pub comm: RankComm,
     /// Compute for its rows on the CPU (`None`: no rows, at stages 0 and 1, or
     /// computing on a GPU).
     pub compute: Option<Replicas>,
@@ -183,10 +182,10 @@ impl Worker {
         };
         if let Some(gpu) = self.gpu.as_mut() {
             let (x, y) = (&batch.tokens[..], &batch.targets[..]);
-            let back =
-                gpu.forward_backward(&params[..], &mut grads[..], x, y, accum, scale, check)?;
+            let (p, g, r) = (&params[..], &mut grads[..], &self.reducer);
+            let back = gpu.forward_backward(p, g, x, y, accum, scale, check, r)?;
             out.loss_sum = back.loss_sum * f64::from(self.weight);
-            if gpu.reduces_on_device() {
+            if back.reduced {
                 out.buckets_sent = self.hand_over_reduced(&grads)?;
                 return Ok(out);
             }
@@ -270,10 +269,11 @@ impl Worker {
         }
         let mut grads = vec![0.0; m.num_params()];
         let (x, y) = (&batch.tokens[..], &batch.targets[..]);
-        let back = gpu.forward_backward(&params, &mut grads, x, y, accum, scale, check)?;
+        let r = &self.reducer;
+        let back = gpu.forward_backward(&params, &mut grads, x, y, accum, scale, check, r)?;
         drop(params);
         out.loss_sum = back.loss_sum * f64::from(self.weight);
-        if gpu.reduces_on_device() {
+        if back.reduced {
             out.buckets_sent = self.hand_over_reduced(&grads)?;
             return Ok(out);
         }

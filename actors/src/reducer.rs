@@ -66,6 +66,75 @@ pub enum ReducerMsg {
     },
     /// Bytes moved and time spent so far.
     Stats(RpcReplyPort<CommStats>),
+    /// All-reduce (sum) a device buffer over the rank's device communicator, in
+    /// turn with the host collectives; the buffer comes back on `reply`.
+    #[cfg(feature = "cuda")]
+    DeviceAllReduce {
+        /// The buffer, on the rank's GPU.
+        buf: shoal_kernels::cuda::CudaSlice<f32>,
+        /// The reduced buffer.
+        reply: RpcReplyPort<DeviceReply>,
+    },
+}
+
+/// What a device all-reduce gives back: the reduced buffer.
+#[cfg(feature = "cuda")]
+pub type DeviceReply =
+    Result<shoal_kernels::cuda::CudaSlice<f32>, shoal_collectives::DeviceCollectiveError>;
+
+/// A rank's ring: host buffers only, or with collectives over device buffers too
+/// (built with the `cuda` feature), whose host communicator serves the host ops.
+pub enum RankComm {
+    /// Collectives over host buffers.
+    Host(Communicator),
+    /// Collectives over device buffers, and over host buffers through its host
+    /// communicator.
+    #[cfg(feature = "cuda")]
+    Device(Box<shoal_collectives::DeviceCommunicator>),
+}
+
+impl RankComm {
+    /// The host communicator.
+    pub fn host(&mut self) -> &mut Communicator {
+        match self {
+            RankComm::Host(comm) => comm,
+            #[cfg(feature = "cuda")]
+            RankComm::Device(dc) => dc.host(),
+        }
+    }
+
+    /// A handle that aborts the ring's host communicator from another thread.
+    pub fn abort_handle(&self) -> shoal_collectives::AbortHandle {
+        match self {
+            RankComm::Host(comm) => comm.abort_handle(),
+            #[cfg(feature = "cuda")]
+            RankComm::Device(dc) => dc.abort_handle(),
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        match self {
+            RankComm::Host(comm) => comm.rank(),
+            #[cfg(feature = "cuda")]
+            RankComm::Device(dc) => dc.rank(),
+        }
+    }
+
+    /// Number of ranks.
+    pub fn world(&self) -> usize {
+        match self {
+            RankComm::Host(comm) => comm.world(),
+            #[cfg(feature = "cuda")]
+            RankComm::Device(dc) => dc.world(),
+        }
+    }
+}
+
+impl From<Communicator> for RankComm {
+    fn from(comm: Communicator) -> Self {
+        RankComm::Host(comm)
+    }
 }
 
 /// Runs a rank's collectives (see the module documentation).
@@ -73,7 +142,7 @@ pub struct GradientReducer;
 
 /// The reducer's state: the communicator and where reduced buckets go.
 pub struct ReducerState {
-    comm: Communicator,
+    comm: RankComm,
     shard: ActorRef<ShardMsg>,
 }
 
@@ -95,12 +164,12 @@ fn when_done(pending: Pending<Vec<f32>>, then: impl FnOnce(Reply) + Send + 'stat
 impl Actor for GradientReducer {
     type Msg = ReducerMsg;
     type State = ReducerState;
-    type Arguments = (Communicator, ActorRef<ShardMsg>);
+    type Arguments = (RankComm, ActorRef<ShardMsg>);
 
     async fn pre_start(
         &self,
         _: ActorRef<ReducerMsg>,
-        (comm, shard): (Communicator, ActorRef<ShardMsg>),
+        (comm, shard): (RankComm, ActorRef<ShardMsg>),
     ) -> Result<ReducerState, ActorProcessingErr> {
         Ok(ReducerState { comm, shard })
     }
@@ -123,18 +192,34 @@ impl Actor for GradientReducer {
                     Op::AllReduce(ReduceOp::Sum)
                 };
                 let shard = state.shard.clone();
-                when_done(start(&mut state.comm, op, buf), move |result| {
+                when_done(start(state.comm.host(), op, buf), move |result| {
                     // A stopped shard means the rank is shutting down.
                     let _ = shard.cast(ShardMsg::Reduced { index, result });
                 });
             }
             ReducerMsg::Run { op, buf, reply } => {
-                when_done(start(&mut state.comm, op, buf), move |result| {
+                when_done(start(state.comm.host(), op, buf), move |result| {
                     let _ = reply.send(result);
                 });
             }
             ReducerMsg::Stats(reply) => {
-                let _ = reply.send(state.comm.stats());
+                let _ = reply.send(state.comm.host().stats());
+            }
+            #[cfg(feature = "cuda")]
+            ReducerMsg::DeviceAllReduce { mut buf, reply } => {
+                let out = match &mut state.comm {
+                    // The op blocks (its IPC signals queue behind the host ops issued
+                    // before it): this worker's other tasks move to another thread.
+                    RankComm::Device(dc) => tokio::task::block_in_place(|| {
+                        dc.all_reduce(&mut buf, ReduceOp::Sum).map(|()| buf)
+                    }),
+                    RankComm::Host(_) => {
+                        Err(shoal_collectives::DeviceCollectiveError::InvalidArgument(
+                            "this rank's ring has no device communicator".into(),
+                        ))
+                    }
+                };
+                let _ = reply.send(out);
             }
         }
         Ok(())

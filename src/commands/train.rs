@@ -124,7 +124,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "fp32|bf16")]
     pub gpu_precision: Option<String>,
     /// How GPU ranks reduce gradients: host (over the training ring), or on the
-    /// devices with nccl or ipc (all ranks in this process: --ranks).
+    /// devices with nccl (one GPU per rank) or ipc (every rank on this host).
     #[arg(long, value_name = "host|nccl|ipc")]
     pub gpu_collectives: Option<String>,
     /// Activation recomputation (CPU): none, selective or full on every layer, or

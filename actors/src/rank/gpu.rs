@@ -1,29 +1,41 @@
 //! A data-parallel rank's forward and backward on a GPU (`device = "cuda"` with
 //! several ranks), at every ZeRO stage.
 //!
-//! The GPU is the rank's gradient engine and nothing more: each step uploads the
-//! whole-layout parameters (held by the rank at stages 0 to 2, all-gathered part by
-//! part at stage 3), runs every micro-batch's forward and backward on
+//! The GPU is the rank's gradient engine: each step uploads the whole-layout
+//! parameters (held by the rank at stages 0 to 2, all-gathered part by part at
+//! stage 3), runs every micro-batch's forward and backward on
 //! [`shoal_models::gpu::GpuGpt`], and copies the accumulated gradients back to the
-//! host (the rank's gradient buffer at stages 0 and 1, a buffer for the step whose
-//! buckets are reduce-scattered at 2 and 3). From there the step is the CPU rank's: the
+//! host (the rank's gradient buffer at stages 0 and 1, a buffer for the step at 2
+//! and 3). From there the step is the CPU rank's: the
 //! [`GradientReducer`](crate::reducer::GradientReducer) reduces the buckets over the
 //! ring (in-process, or QUIC between hosts), the shard applies AdamW on the host, and
-//! elasticity, checkpoints and the data accounting are unchanged. The optimizer on the
-//! host is ZeRO-Offload's split; the collectives are staged through host memory (a
-//! device-resident NCCL or CUDA IPC reduction is the faster path this does not take).
+//! elasticity, checkpoints and the data accounting are unchanged: ZeRO-Offload's
+//! split.
+//!
+//! With device collectives (`gpu_collectives = "nccl"` or `"ipc"`) the rank's ring
+//! is a [`RankComm::Device`]: before the gradient leaves the GPU, the reducer
+//! all-reduces it there (NCCL, or the CUDA IPC ring), in turn with its host
+//! collectives, and the rank hands the reduced buckets straight to its shard.
 //!
 //! Without the `cuda` feature [`GpuCompute`] is an empty type and a `cuda` device is
 //! refused when the configuration is checked.
 
-use crate::error::Result;
+use ractor::ActorRef;
+
+use super::RankArgs;
+use crate::error::{Result, TrainError};
+#[cfg(feature = "cuda")]
+use crate::reducer::RankComm;
+use crate::reducer::ReducerMsg;
 
 #[cfg(feature = "cuda")]
 pub use on_gpu::GpuCompute;
 #[cfg(feature = "cuda")]
-pub(crate) use on_gpu::products_of;
+pub(crate) use on_gpu::{products_of, with_device_collectives};
 #[cfg(not(feature = "cuda"))]
 pub use without_cuda::GpuCompute;
+#[cfg(not(feature = "cuda"))]
+pub(crate) use without_cuda::with_device_collectives;
 
 /// The GPU ordinal of the `local`-th rank of this process when the run's device is
 /// `cuda:first` and the host has `count` GPUs: ranks go round the GPUs from `first`,
@@ -32,77 +44,35 @@ pub(crate) fn ordinal_of(first: usize, local: usize, count: usize) -> usize {
     (first + local) % count.max(1)
 }
 
-/// Forms the device communicators of `ranks` (all `world` ranks of the ring, each
-/// on a GPU) over a second in-process ring, one thread per rank since forming is
-/// collective.
-pub(crate) fn attach_device_collectives(
-    ranks: &mut [super::RankArgs],
-    world: usize,
-    backend: shoal_collectives::DeviceBackend,
-) -> Result<()> {
-    let invalid = |reason: String| crate::error::TrainError::InvalidConfig {
-        field: "gpu_collectives",
-        reason,
-    };
-    if ranks.len() != world {
-        return Err(invalid(format!(
-            "is `{backend}`, which needs every rank in one process, but this node has {} of \
-             the ring's {world} ranks; use `host`",
-            ranks.len()
-        )));
-    }
-    let timeout = crate::trainer::TRAIN_COMM_TIMEOUT;
-    let config = shoal_collectives::CommConfig {
-        timeout,
-        ..Default::default()
-    };
-    let hosts = shoal_collectives::LocalHub::new().group(world, config)?;
-    let mut gpus = Vec::with_capacity(world);
-    for args in ranks.iter_mut() {
-        match args.gpu.as_mut() {
-            Some(gpu) => gpus.push(gpu),
-            None => {
-                return Err(invalid(format!(
-                    "is `{backend}`, which needs every rank computing on a GPU"
-                )));
-            }
-        }
-    }
-    std::thread::scope(|s| {
-        let joins: Vec<_> = gpus
-            .into_iter()
-            .zip(hosts)
-            .map(|(gpu, host)| s.spawn(move || gpu.attach(host, backend, timeout)))
-            .collect();
-        joins.into_iter().try_for_each(|j| {
-            j.join().map_err(|_| crate::error::TrainError::Actor {
-                actor: "Node",
-                reason: "a rank's device communicator panicked while forming".into(),
-            })?
-        })
-    })
-}
-
 /// What a GPU rank's step reports.
 pub struct GpuBackward {
     /// The sum over micro-batches of each one's mean loss on this rank's rows.
     pub loss_sum: f64,
+    /// Whether the gradient was summed over the ring on the devices already.
+    pub reduced: bool,
+}
+
+/// The error of device collectives on ranks that cannot use them.
+fn refuse(backend: shoal_collectives::DeviceBackend, why: &str) -> TrainError {
+    TrainError::InvalidConfig {
+        field: "gpu_collectives",
+        reason: format!("is `{backend}`, {why}; use `host`"),
+    }
 }
 
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use std::sync::Arc;
 
+    use ractor::concurrency::oneshot;
     use shoal_collectives::{
-        Communicator, DeviceBackend, DeviceCollectiveError, DeviceCommunicator, DeviceConfig,
-        ReduceOp,
+        DeviceBackend, DeviceCollectiveError, DeviceCommunicator, DeviceConfig,
     };
     use shoal_kernels::cuda::{CudaError, Gpu, Products};
     use shoal_models::gpu::{GpuGpt, GpuModelError};
     use shoal_models::{GptConfig, Precision, RecomputePlan};
 
-    use super::{GpuBackward, Result};
-    use crate::error::TrainError;
+    use super::*;
     use crate::node::GpuRanks;
 
     /// One rank's GPU and its model there (parameters, gradients, activations for
@@ -113,9 +83,8 @@ mod on_gpu {
         model: GpuGpt,
         rows: usize,
         t: usize,
-        /// Reduces the gradient on the device before it leaves the GPU (see
-        /// [`GpuCompute::attach`]).
-        reduce: Option<DeviceCommunicator>,
+        /// Whether the rank's ring reduces the gradient on the devices.
+        on_device: bool,
     }
 
     impl GpuCompute {
@@ -148,30 +117,13 @@ mod on_gpu {
                 model,
                 rows,
                 t,
-                reduce: None,
+                on_device: false,
             })
         }
 
-        /// Forms this rank's device communicator over `host` (a ring of its own,
-        /// whose ranks are the same as the rank's training ring) with `backend`; from
-        /// then on each step's gradient is all-reduced (summed) on the devices before
-        /// it comes back to the host, and the rank hands it to its shard as reduced.
-        /// Collective: every rank of the ring attaches, at the same time.
-        pub fn attach(
-            &mut self,
-            host: Communicator,
-            backend: DeviceBackend,
-            timeout: std::time::Duration,
-        ) -> Result<()> {
-            let config = DeviceConfig {
-                backend,
-                timeout,
-                ..DeviceConfig::default()
-            };
-            let comm = DeviceCommunicator::new(host, self.gpu.clone(), config)
-                .map_err(|e| collective_error(self.ordinal, e))?;
-            self.reduce = Some(comm);
-            Ok(())
+        /// The number of GPUs the driver sees (an error when there is no driver).
+        pub fn device_count() -> Result<usize> {
+            shoal_kernels::cuda::device_count().map_err(|e| gpu_error(0, e.into()))
         }
 
         /// Lays the device activations out by `plan` (`none` or `full` per layer:
@@ -187,28 +139,14 @@ mod on_gpu {
         /// Makes the GPU's context the current one on this thread (the blocking
         /// pool runs each step on whichever thread is free).
         fn bind(&self) -> Result<()> {
-            self.gpu
-                .stream()
-                .context()
-                .bind_to_thread()
-                .map_err(|e| gpu_error(self.ordinal, CudaError::from(e).into()))
-        }
-
-        /// Whether the gradient is reduced on the devices ([`GpuCompute::attach`]).
-        pub fn reduces_on_device(&self) -> bool {
-            self.reduce.is_some()
-        }
-
-        /// The number of GPUs the driver sees (an error when there is no driver).
-        pub fn device_count() -> Result<usize> {
-            shoal_kernels::cuda::device_count().map_err(|e| gpu_error(0, e.into()))
+            bind(&self.gpu, self.ordinal)
         }
 
         /// Forward and backward of the `accum` micro-batches in `tokens`/`targets`
         /// (each `rows` × `t`, one after another) with `params`, each backward scaled
-        /// by `scale`; the accumulated gradients (summed over the ranks when
-        /// [`GpuCompute::reduces_on_device`]) are written over `grads`.
-        /// `check` vets each micro-batch's loss (the trainer's non-finite check).
+        /// by `scale`; the accumulated gradients are written over `grads`, summed
+        /// over the ring first when the rank's ring reduces on the devices (through
+        /// `reducer`, which owns it). `check` vets each micro-batch's loss.
         #[allow(clippy::too_many_arguments)]
         pub fn forward_backward(
             &mut self,
@@ -219,6 +157,7 @@ mod on_gpu {
             accum: usize,
             scale: f32,
             mut check: impl FnMut(f32) -> Result<f32>,
+            reducer: &ActorRef<ReducerMsg>,
         ) -> Result<GpuBackward> {
             self.bind()?;
             let ordinal = self.ordinal;
@@ -235,13 +174,91 @@ mod on_gpu {
                 loss_sum += f64::from(check(loss)?);
                 dev.backward(&self.gpu, scale).map_err(err)?;
             }
-            if let Some(comm) = self.reduce.as_mut() {
-                comm.all_reduce(dev.grads_mut(), ReduceOp::Sum)
-                    .map_err(|e| collective_error(ordinal, e))?;
+            if self.on_device {
+                // The reducer owns the device communicator: lend it the buffer.
+                self.gpu.synchronize().map_err(|e| err(e.into()))?;
+                let buf = dev.take_grads().map_err(err)?;
+                let (tx, rx) = oneshot();
+                let msg = ReducerMsg::DeviceAllReduce {
+                    buf,
+                    reply: tx.into(),
+                };
+                let gone = || TrainError::Actor {
+                    actor: "GradientReducer",
+                    reason: "stopped during a device all-reduce".into(),
+                };
+                reducer.cast(msg).map_err(|_| gone())?;
+                let reduced = rx.blocking_recv().map_err(|_| gone())?;
+                let buf = reduced.map_err(|e| collective_error(ordinal, e))?;
+                bind(&self.gpu, ordinal)?;
+                dev.put_grads(buf).map_err(err)?;
             }
             dev.grads_into(&self.gpu, grads).map_err(err)?;
-            Ok(GpuBackward { loss_sum })
+            Ok(GpuBackward {
+                loss_sum,
+                reduced: self.on_device,
+            })
         }
+    }
+
+    /// Gives every rank of `ranks` (this process's ranks of one ring, each on a
+    /// GPU) a device communicator over its ring with `backend`, formed from the
+    /// ring's host communicator (which it keeps for the host ops). Forming is
+    /// collective, so it runs one thread per rank; every process of the ring forms
+    /// its ranks' at the same time.
+    pub(crate) fn with_device_collectives(
+        ranks: Vec<RankArgs>,
+        backend: DeviceBackend,
+    ) -> Result<Vec<RankArgs>> {
+        if ranks.iter().any(|r| r.gpu.is_none()) {
+            return Err(refuse(
+                backend,
+                "which needs every rank computing on a GPU (rows of every batch)",
+            ));
+        }
+        let config = DeviceConfig {
+            backend,
+            timeout: crate::trainer::TRAIN_COMM_TIMEOUT,
+            ..DeviceConfig::default()
+        };
+        std::thread::scope(|s| {
+            let forming: Vec<_> = ranks
+                .into_iter()
+                .map(|mut args| {
+                    let config = config.clone();
+                    s.spawn(move || -> Result<RankArgs> {
+                        let gpu = args.gpu.as_mut().ok_or_else(|| {
+                            refuse(backend, "which needs every rank computing on a GPU")
+                        })?;
+                        let RankComm::Host(host) = args.comm else {
+                            return Err(refuse(backend, "but the ring is formed already"));
+                        };
+                        let dc = DeviceCommunicator::new(host, gpu.gpu.clone(), config)
+                            .map_err(|e| collective_error(gpu.ordinal, e))?;
+                        gpu.on_device = true;
+                        args.comm = RankComm::Device(Box::new(dc));
+                        Ok(args)
+                    })
+                })
+                .collect();
+            forming
+                .into_iter()
+                .map(|j| {
+                    j.join().map_err(|_| TrainError::Actor {
+                        actor: "Node",
+                        reason: "a rank's device communicator panicked while forming".into(),
+                    })?
+                })
+                .collect()
+        })
+    }
+
+    /// Makes `gpu`'s context the current one on this thread.
+    fn bind(gpu: &Gpu, ordinal: usize) -> Result<()> {
+        gpu.stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| gpu_error(ordinal, CudaError::from(e).into()))
     }
 
     /// The products a validated `gpu_matmul` names.
@@ -270,9 +287,10 @@ mod on_gpu {
 
 #[cfg(not(feature = "cuda"))]
 mod without_cuda {
-    use shoal_models::GptConfig;
+    use shoal_collectives::DeviceBackend;
+    use shoal_models::{GptConfig, RecomputePlan};
 
-    use super::{GpuBackward, Result};
+    use super::*;
     use crate::config::built_without_cuda;
 
     /// No GPU in a build without the `cuda` feature: this type has no values.
@@ -297,22 +315,7 @@ mod without_cuda {
         }
 
         /// Never called: there is no value to call it on.
-        pub fn attach(
-            &mut self,
-            _host: shoal_collectives::Communicator,
-            _backend: shoal_collectives::DeviceBackend,
-            _timeout: std::time::Duration,
-        ) -> Result<()> {
-            match *self {}
-        }
-
-        /// Never called: there is no value to call it on.
-        pub fn reduces_on_device(&self) -> bool {
-            match *self {}
-        }
-
-        /// Never called: there is no value to call it on.
-        pub fn set_recompute(&mut self, _plan: &shoal_models::RecomputePlan) -> Result<()> {
+        pub fn set_recompute(&mut self, _plan: &RecomputePlan) -> Result<()> {
             match *self {}
         }
 
@@ -327,9 +330,21 @@ mod without_cuda {
             _accum: usize,
             _scale: f32,
             _check: impl FnMut(f32) -> Result<f32>,
+            _reducer: &ActorRef<ReducerMsg>,
         ) -> Result<GpuBackward> {
             match *self {}
         }
+    }
+
+    /// The error saying how to build with CUDA (device collectives need it).
+    pub(crate) fn with_device_collectives(
+        _ranks: Vec<RankArgs>,
+        backend: DeviceBackend,
+    ) -> Result<Vec<RankArgs>> {
+        Err(refuse(
+            backend,
+            "which needs a shoal built with `--features cuda`",
+        ))
     }
 }
 

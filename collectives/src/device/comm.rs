@@ -127,6 +127,12 @@ impl DeviceCommunicator {
         self.host.rank()
     }
 
+    /// A handle that aborts the host communicator from another thread (the device
+    /// work of an operation in flight ends at its deadline).
+    pub fn abort_handle(&self) -> crate::AbortHandle {
+        self.host.abort_handle()
+    }
+
     /// Number of ranks.
     pub fn world(&self) -> usize {
         self.host.world()

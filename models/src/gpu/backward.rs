@@ -95,7 +95,8 @@ impl GpuGpt {
             return Err(ModelError::NoForward.into());
         }
         self.ready_for_backward = false;
-        let (d, r, g) = (&self.dims, &self.ranges, &mut self.grads);
+        let g = self.grads.as_mut().ok_or_else(super::grads_out)?;
+        let (d, r) = (&self.dims, &self.ranges);
         let (toks, tgts) = (&self.tokens, &self.targets);
         match &mut self.compute {
             Compute::Fp32(acts) => {

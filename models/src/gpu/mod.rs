@@ -94,7 +94,8 @@ pub struct GpuGpt {
     spans: Vec<DecaySpan>,
     ranges: Ranges,
     params: CudaSlice<f32>,
-    grads: CudaSlice<f32>,
+    /// `None` while lent out ([`GpuGpt::take_grads`]).
+    grads: Option<CudaSlice<f32>>,
     /// AdamW's first and second moments; `None` once released.
     moments: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     tokens: CudaSlice<u32>,
@@ -170,7 +171,7 @@ impl GpuGpt {
                 blocks: BlockRanges::all(&layout, config.n_layer),
             },
             params: master,
-            grads: z(layout.len())?,
+            grads: Some(z(layout.len())?),
             moments: Some((z(layout.len())?, z(layout.len())?)),
             tokens: gpu.zeros(b * t)?,
             targets: gpu.zeros(b * t)?,
@@ -254,20 +255,31 @@ impl GpuGpt {
 
     /// The gradients, copied back to the host.
     pub fn grads(&self, gpu: &Gpu) -> Result<Vec<f32>, GpuModelError> {
-        Ok(gpu.download(&self.grads)?)
+        Ok(gpu.download(self.grads.as_ref().ok_or_else(grads_out)?)?)
     }
 
-    /// The gradients on the device, e.g. for a device collective to reduce in place.
-    pub fn grads_mut(&mut self) -> &mut CudaSlice<f32> {
-        &mut self.grads
+    /// Lends the gradient buffer out (e.g. to a device collective that reduces it on
+    /// another thread); until [`GpuGpt::put_grads`] gives it back, every operation
+    /// that needs the gradients fails.
+    pub fn take_grads(&mut self) -> Result<CudaSlice<f32>, GpuModelError> {
+        self.grads.take().ok_or_else(grads_out)
+    }
+
+    /// Gives back the buffer [`GpuGpt::take_grads`] lent (as long as the
+    /// parameters).
+    pub fn put_grads(&mut self, grads: CudaSlice<f32>) -> Result<(), GpuModelError> {
+        check_len("grads", self.params.len(), grads.len())?;
+        self.grads = Some(grads);
+        Ok(())
     }
 
     /// Copies the gradients into `out` (as long as the parameters), e.g. a data-parallel
     /// rank's host buffer that its collectives then reduce.
     pub fn grads_into(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), GpuModelError> {
-        check_len("grads", self.grads.len(), out.len())?;
+        let grads = self.grads.as_ref().ok_or_else(grads_out)?;
+        check_len("grads", grads.len(), out.len())?;
         gpu.stream()
-            .memcpy_dtoh(&self.grads, out)
+            .memcpy_dtoh(grads, out)
             .map_err(CudaError::from)?;
         gpu.synchronize()?;
         Ok(())
@@ -307,7 +319,7 @@ impl GpuGpt {
     /// Zeroes the gradients (the start of a step).
     pub fn zero_grads(&mut self, gpu: &Gpu) -> Result<(), GpuModelError> {
         gpu.stream()
-            .memset_zeros(&mut self.grads)
+            .memset_zeros(self.grads.as_mut().ok_or_else(grads_out)?)
             .map_err(CudaError::from)?;
         Ok(())
     }
@@ -375,18 +387,16 @@ impl GpuGpt {
         step: u64,
         grad_clip: f32,
     ) -> Result<f32, GpuModelError> {
-        if self.moments.is_none() {
-            return Err(moments_released());
-        }
-        let norm = k::sum_of_squares(gpu, &self.grads)?.sqrt() as f32;
+        let (m, v) = self.moments.as_mut().ok_or_else(moments_released)?;
+        let g = self.grads.as_mut().ok_or_else(grads_out)?;
+        let norm = k::sum_of_squares(gpu, g)?.sqrt() as f32;
         if grad_clip > 0.0 {
             let coef = clip_coefficient(norm, grad_clip);
             if coef < 1.0 {
-                k::scale_inplace(gpu, &mut self.grads, coef)?;
+                k::scale_inplace(gpu, g, coef)?;
             }
         }
-        let (m, v) = self.moments.as_mut().ok_or_else(moments_released)?;
-        let (p, g) = (&mut self.params, &self.grads);
+        let (p, g) = (&mut self.params, &*g);
         match &mut self.compute {
             Compute::Fp32(_) => k::adamw_update(gpu, p, g, m, v, hp, step, &self.spans)?,
             Compute::Bf16 { weights, .. } => {
@@ -400,5 +410,11 @@ impl GpuGpt {
 /// The error of an optimizer operation on a model whose moments were released.
 fn moments_released() -> GpuModelError {
     let reason = "the AdamW moments were released: this model only computes gradients";
+    ModelError::InvalidConfig(reason.into()).into()
+}
+
+/// The error of an operation on the gradients while they are lent out.
+fn grads_out() -> GpuModelError {
+    let reason = "the gradients are lent out (GpuGpt::take_grads) and not back yet";
     ModelError::InvalidConfig(reason.into()).into()
 }
