@@ -58,6 +58,8 @@ macro_rules! source {
 pub const ADAMW: KernelSource = source!("adamw.cu", false, true);
 /// `attention.cu` (needs a head size).
 pub const ATTENTION: KernelSource = source!("attention.cu", true, true);
+/// `attention_gemm.cu`.
+pub const ATTENTION_GEMM: KernelSource = source!("attention_gemm.cu", false, true);
 /// `crossentropy.cu`.
 pub const CROSSENTROPY: KernelSource = source!("crossentropy.cu", false, true);
 /// `elementwise.cu`.
@@ -76,9 +78,10 @@ pub const NORM: KernelSource = source!("norm.cu", false, false);
 pub const REDUCE: KernelSource = source!("reduce.cu", false, true);
 
 /// Every kernel source, for checks that compile them all.
-pub const SOURCES: [KernelSource; 10] = [
+pub const SOURCES: [KernelSource; 11] = [
     ADAMW,
     ATTENTION,
+    ATTENTION_GEMM,
     CROSSENTROPY,
     ELEMENTWISE,
     EMBEDDING,

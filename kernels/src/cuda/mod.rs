@@ -24,6 +24,7 @@
 
 mod adamw;
 mod attention;
+mod attention_gemm;
 pub mod compile;
 mod crossentropy;
 mod elementwise;
@@ -50,6 +51,9 @@ use cudarc::nvrtc::Ptx;
 
 pub use adamw::{adamw_update, adamw_update_with_copy, scale_inplace, sum_of_squares};
 pub use attention::{attention_backward, attention_forward};
+pub use attention_gemm::{
+    GemmAttentionScratch, attention_backward_gemm, attention_forward_gemm, gemm_attention_probs_len,
+};
 pub use compile::{KernelSource, SOURCES, compile_cubin, nvrtc_available, nvrtc_version};
 pub use crossentropy::{crossentropy_backward_inplace, crossentropy_forward};
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};

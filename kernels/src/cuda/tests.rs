@@ -314,3 +314,50 @@ fn attention_matches_cpu() {
         assert_close_to_norm("dqkv", &gpu.download(&gdqkv).unwrap(), &dqkv, 1e-4);
     }
 }
+
+#[test]
+fn gemm_attention_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
+        let qkv = rand32(b * t * 3 * c, 1);
+        let dout = rand32(b * t * c, 2);
+        let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+        crate::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
+        let dqkv0 = rand32(b * t * 3 * c, 3);
+        let mut dqkv = dqkv0.clone();
+        crate::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+
+        let mut scratch = GemmAttentionScratch::<f32>::new(&gpu, b, t, c, nh).unwrap();
+        let (gqkv, gdout) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
+        let (mut gout, mut glse) = (
+            gpu.zeros(b * t * c).unwrap(),
+            gpu.zeros(b * nh * t).unwrap(),
+        );
+        let mut probs = gpu.zeros(gemm_attention_probs_len(b, t, nh)).unwrap();
+        let shape = (b, t, c, nh);
+        attention_forward_gemm(
+            &gpu,
+            &mut gout,
+            &mut glse,
+            &mut probs,
+            &gqkv,
+            &mut scratch,
+            shape,
+        )
+        .unwrap();
+        let mut gdqkv = gpu.upload(&dqkv0).unwrap();
+        attention_backward_gemm(
+            &gpu,
+            &mut gdqkv,
+            &gdout,
+            &gqkv,
+            &mut probs,
+            &mut scratch,
+            shape,
+        )
+        .unwrap();
+        assert_close_to_norm("gemm out", &gpu.download(&gout).unwrap(), &out, 1e-5);
+        assert_close_to_norm("gemm lse", &gpu.download(&glse).unwrap(), &lse, 1e-5);
+        assert_close_to_norm("gemm dqkv", &gpu.download(&gdqkv).unwrap(), &dqkv, 1e-4);
+    }
+}
