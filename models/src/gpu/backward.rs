@@ -129,6 +129,7 @@ fn backward_pass<X: Storage>(
         blocks,
         outputs,
         work,
+        gemm,
         lnf,
         lnf_mean,
         lnf_rstd,
@@ -174,7 +175,7 @@ fn backward_pass<X: Storage>(
     for (l, w) in r.blocks.iter().enumerate().rev() {
         let (before, rest) = outputs.split_at_mut(l);
         let residual = before.last().unwrap_or(&*encoded);
-        let x = match blocks[l].as_ref() {
+        let x = match blocks[l].as_mut() {
             Some(kept) => kept,
             None => {
                 // Recomputed: the layer's forward again, from its kept input (its
@@ -182,8 +183,8 @@ fn backward_pass<X: Storage>(
                 let x = work
                     .as_mut()
                     .expect("a recomputed layer has the work activations");
-                block_forward(gpu, d, p, w, residual, x, &mut rest[0])?;
-                &*x
+                block_forward(gpu, d, (p, w), residual, x, gemm.as_mut(), &mut rest[0])?;
+                x
             }
         };
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
@@ -214,18 +215,25 @@ fn backward_pass<X: Storage>(
         }
         let attproj = (&w.attproj_w, &w.attproj_b);
         flat.dense(attproj, &mut s.datty, &s.dresidual, &x.atty, c, c)?;
-        k::attention_backward(
-            gpu,
-            &mut s.dqkv,
-            &s.datty,
-            &x.qkv,
-            &x.atty,
-            &x.att_lse,
-            b,
-            t,
-            c,
-            nh,
-        )?;
+        match (x.probs.as_mut(), gemm.as_mut()) {
+            (Some(probs), Some(scratch)) => {
+                let shape = (b, t, c, nh);
+                let (dqkv, dout) = (&mut s.dqkv, &s.datty);
+                k::attention_backward_gemm(gpu, dqkv, dout, &x.qkv, probs, scratch, shape)?
+            }
+            _ => k::attention_backward(
+                gpu,
+                &mut s.dqkv,
+                &s.datty,
+                &x.qkv,
+                &x.atty,
+                &x.att_lse,
+                b,
+                t,
+                c,
+                nh,
+            )?,
+        }
         flat.dense((&w.qkv_w, &w.qkv_b), &mut s.dln, &s.dqkv, &x.ln1, c, 3 * c)?;
         flat.layernorm(
             (&w.ln1_w, &w.ln1_b),

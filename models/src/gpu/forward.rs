@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use shoal_kernels::WeightLayout;
-use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, Gpu, Storage};
+use shoal_kernels::cuda::{self as k, CudaError, CudaSlice, GemmAttentionScratch, Gpu, Storage};
 
 use super::{Dims, Ranges};
 use crate::gpt::BlockRanges;
@@ -26,6 +26,9 @@ pub(super) struct BlockActs<X> {
     pub(super) ln2_rstd: CudaSlice<f32>, // [N]
     pub(super) fch: CudaSlice<X>,        // [N, 4C]
     pub(super) fch_gelu: CudaSlice<X>,   // [N, 4C]
+    /// The attention probabilities `[B·NH, T, T]` when attention runs on cuBLAS
+    /// ([`super::GpuAttention::Gemm`]).
+    pub(super) probs: Option<CudaSlice<X>>,
 }
 
 /// Backward scratch (activation gradients), reused across blocks.
@@ -49,6 +52,8 @@ pub(super) struct Acts<X> {
     pub(super) blocks: Vec<Option<BlockActs<X>>>,
     pub(super) outputs: Vec<CudaSlice<X>>, // L × [N, C]
     pub(super) work: Option<BlockActs<X>>,
+    /// The head-major buffers of the cuBLAS attention, when it runs.
+    pub(super) gemm: Option<GemmAttentionScratch<X>>,
     pub(super) lnf: CudaSlice<X>,        // [N, C]
     pub(super) lnf_mean: CudaSlice<f32>, // [N]
     pub(super) lnf_rstd: CudaSlice<f32>, // [N]
@@ -59,8 +64,9 @@ pub(super) struct Acts<X> {
 }
 
 impl<X: Storage> BlockActs<X> {
-    /// Zeroed activations of one block for `d`.
-    fn new(gpu: &Gpu, d: &Dims) -> Result<Self, CudaError> {
+    /// Zeroed activations of one block for `d` (with the attention
+    /// probabilities when `gemm`).
+    fn new(gpu: &Gpu, d: &Dims, gemm: bool) -> Result<Self, CudaError> {
         let (n, c) = (d.n(), d.c);
         let x = |len: usize| gpu.zeros::<X>(len);
         let f = |len: usize| gpu.zeros::<f32>(len);
@@ -77,33 +83,55 @@ impl<X: Storage> BlockActs<X> {
             ln2_rstd: f(n)?,
             fch: x(n * 4 * c)?,
             fch_gelu: x(n * 4 * c)?,
+            probs: gemm
+                .then(|| x(k::gemm_attention_probs_len(d.b, d.t, d.nh)))
+                .transpose()?,
         })
     }
 }
 
+/// How a model's activations are laid out: which layers are recomputed
+/// ([`crate::Recompute::Full`]) and whether attention runs on cuBLAS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Layout {
+    pub(super) full: Vec<bool>,
+    pub(super) gemm: bool,
+}
+
 impl<X: Storage> Acts<X> {
-    /// Lays the blocks' activations out anew by `full` (as [`Acts::new`]),
+    /// Lays the blocks' activations out anew by `layout` (as [`Acts::new`]),
     /// freeing the old ones first; the rest is kept.
-    pub(super) fn relayout(&mut self, gpu: &Gpu, d: &Dims, full: &[bool]) -> Result<(), CudaError> {
+    pub(super) fn relayout(
+        &mut self,
+        gpu: &Gpu,
+        d: &Dims,
+        layout: &Layout,
+    ) -> Result<(), CudaError> {
         self.blocks.clear();
         self.work = None;
-        self.blocks = full
+        self.gemm = None;
+        let gemm = layout.gemm;
+        self.blocks = layout
+            .full
             .iter()
-            .map(|&full| (!full).then(|| BlockActs::new(gpu, d)).transpose())
+            .map(|&full| (!full).then(|| BlockActs::new(gpu, d, gemm)).transpose())
             .collect::<Result<Vec<_>, CudaError>>()?;
-        if full.iter().any(|&full| full) {
-            self.work = Some(BlockActs::new(gpu, d)?);
+        if layout.full.iter().any(|&full| full) {
+            self.work = Some(BlockActs::new(gpu, d, gemm)?);
+        }
+        if gemm {
+            self.gemm = Some(GemmAttentionScratch::new(gpu, d.b, d.t, d.c, d.nh)?);
         }
         Ok(())
     }
 
-    /// Zeroed activations for `d`, laid out by `full`: whether each layer is
-    /// recomputed in backward ([`crate::Recompute::Full`]) rather than kept.
-    pub(super) fn new(gpu: &Gpu, d: &Dims, full: &[bool]) -> Result<Self, CudaError> {
+    /// Zeroed activations for `d`, laid out by `layout`.
+    pub(super) fn new(gpu: &Gpu, d: &Dims, layout: &Layout) -> Result<Self, CudaError> {
         let (n, c) = (d.n(), d.c);
         let x = |len: usize| gpu.zeros::<X>(len);
         let f = |len: usize| gpu.zeros::<f32>(len);
-        let outputs = full
+        let outputs = layout
+            .full
             .iter()
             .map(|_| x(n * c))
             .collect::<Result<Vec<_>, CudaError>>()?;
@@ -112,6 +140,7 @@ impl<X: Storage> Acts<X> {
             blocks: Vec::new(),
             outputs,
             work: None,
+            gemm: None,
             lnf: x(n * c)?,
             lnf_mean: f(n)?,
             lnf_rstd: f(n)?,
@@ -127,7 +156,7 @@ impl<X: Storage> Acts<X> {
                 dfch: x(n * 4 * c)?,
             },
         };
-        acts.relayout(gpu, d, full)?;
+        acts.relayout(gpu, d, layout)?;
         Ok(acts)
     }
 }
@@ -158,7 +187,7 @@ pub(super) fn forward_pass<X: Storage>(
                 .as_mut()
                 .expect("a recomputed layer has the work activations"),
         };
-        block_forward(gpu, d, p, w, residual, x, &mut rest[0])?;
+        block_forward(gpu, d, (p, w), residual, x, a.gemm.as_mut(), &mut rest[0])?;
     }
     let last = a.outputs.last().unwrap_or(&a.encoded);
     let (lnf_w, lnf_b) = (p.slice(r.lnf_w.clone()), p.slice(r.lnf_b.clone()));
@@ -191,14 +220,15 @@ pub(super) fn forward_pass<X: Storage>(
 }
 
 /// One block's forward from its input `residual` (the stream before it) with
-/// weights `p` at `w`: its activations into `x`, its output into `out`.
+/// weights `p` at `w`: its activations into `x`, its output into `out`; the
+/// attention on cuBLAS through `gemm` when `x` keeps probabilities.
 pub(super) fn block_forward<X: Storage>(
     gpu: &Gpu,
     d: &Dims,
-    p: &CudaSlice<X>,
-    w: &BlockRanges,
+    (p, w): (&CudaSlice<X>, &BlockRanges),
     residual: &CudaSlice<X>,
     x: &mut BlockActs<X>,
+    gemm: Option<&mut GemmAttentionScratch<X>>,
     out: &mut CudaSlice<X>,
 ) -> Result<(), CudaError> {
     let (b, t, c, nh, eps) = (d.b, d.t, d.c, d.nh, d.eps);
@@ -229,7 +259,14 @@ pub(super) fn block_forward<X: Storage>(
         3 * c,
         inout,
     )?;
-    k::attention_forward(gpu, &mut x.atty, &mut x.att_lse, &x.qkv, b, t, c, nh)?;
+    match (x.probs.as_mut(), gemm) {
+        (Some(probs), Some(scratch)) => {
+            let shape = (b, t, c, nh);
+            let (out, lse) = (&mut x.atty, &mut x.att_lse);
+            k::attention_forward_gemm(gpu, out, lse, probs, &x.qkv, scratch, shape)?
+        }
+        _ => k::attention_forward(gpu, &mut x.atty, &mut x.att_lse, &x.qkv, b, t, c, nh)?,
+    }
     let attproj_b = w_(&w.attproj_b);
     k::matmul_forward(
         gpu,

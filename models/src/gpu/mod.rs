@@ -30,7 +30,7 @@ use crate::gpt::BlockRanges;
 use crate::parts::check_len;
 use crate::{GptConfig, ModelError, ParamLayout, Precision, Recompute, RecomputePlan, StateBytes};
 
-use forward::{Acts, forward_pass};
+use forward::{Acts, Layout, forward_pass};
 
 mod backward;
 mod forward;
@@ -46,6 +46,40 @@ pub enum GpuModelError {
     /// The GPU failed.
     #[error(transparent)]
     Cuda(#[from] CudaError),
+}
+
+/// How a GPU model runs attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuAttention {
+    /// The tiled FlashAttention-2-style kernels: memory linear in T.
+    #[default]
+    Flash,
+    /// Strided-batched cuBLAS products on the tensor cores, with every layer's
+    /// `[B·NH, T, T]` probabilities kept for backward.
+    Gemm,
+}
+
+impl std::str::FromStr for GpuAttention {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "flash" => Ok(GpuAttention::Flash),
+            "gemm" => Ok(GpuAttention::Gemm),
+            other => Err(ModelError::InvalidConfig(format!(
+                "GPU attention must be flash or gemm, not `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GpuAttention::Flash => "flash",
+            GpuAttention::Gemm => "gemm",
+        })
+    }
 }
 
 /// The dimensions of one model at one (B, T).
@@ -100,6 +134,8 @@ pub struct GpuGpt {
     moments: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     tokens: CudaSlice<u32>,
     targets: CudaSlice<u32>,
+    /// How the activations are laid out.
+    layout: Layout,
     compute: Compute,
     ready_for_backward: bool,
 }
@@ -150,13 +186,16 @@ impl GpuGpt {
             eps: config.layer_norm_eps,
         };
         let master = gpu.upload(params)?;
-        let keep_all = vec![false; config.n_layer];
+        let acts_layout = Layout {
+            full: vec![false; config.n_layer],
+            gemm: false,
+        };
         let compute = match precision {
-            Precision::Fp32 => Compute::Fp32(Acts::new(gpu, &dims, &keep_all)?),
+            Precision::Fp32 => Compute::Fp32(Acts::new(gpu, &dims, &acts_layout)?),
             Precision::Bf16 => {
                 let mut weights = gpu.zeros::<Bf16>(layout.len())?;
                 k::f32_to_storage(gpu, &mut weights, &master)?;
-                let acts = Acts::new(gpu, &dims, &keep_all)?;
+                let acts = Acts::new(gpu, &dims, &acts_layout)?;
                 Compute::Bf16 { weights, acts }
             }
         };
@@ -176,6 +215,7 @@ impl GpuGpt {
             tokens: gpu.zeros(b * t)?,
             targets: gpu.zeros(b * t)?,
             compute,
+            layout: acts_layout,
             ready_for_backward: false,
             dims,
             config,
@@ -228,16 +268,38 @@ impl GpuGpt {
             let reason = "selective recomputation runs on the CPU only; use none or full on a GPU";
             return Err(ModelError::InvalidConfig(reason.into()).into());
         }
-        let full: Vec<bool> = plan
-            .layers()
-            .iter()
-            .map(|&p| p == Recompute::Full)
-            .collect();
+        let full = plan.layers().iter().map(|&p| p == Recompute::Full);
+        let layout = Layout {
+            full: full.collect(),
+            gemm: self.layout.gemm,
+        };
+        self.relayout(gpu, layout)
+    }
+
+    /// Runs attention as `attention` from the next forward pass on:
+    /// [`GpuAttention::Flash`] (the tiled kernels, memory linear in T) or
+    /// [`GpuAttention::Gemm`] (cuBLAS products on the tensor cores, keeping every
+    /// layer's `[B·NH, T, T]` probabilities for backward).
+    pub fn set_attention(
+        &mut self,
+        gpu: &Gpu,
+        attention: GpuAttention,
+    ) -> Result<(), GpuModelError> {
+        let layout = Layout {
+            full: self.layout.full.clone(),
+            gemm: attention == GpuAttention::Gemm,
+        };
+        self.relayout(gpu, layout)
+    }
+
+    /// Lays the activations out anew (the old ones freed first).
+    fn relayout(&mut self, gpu: &Gpu, layout: Layout) -> Result<(), GpuModelError> {
         self.ready_for_backward = false;
         match &mut self.compute {
-            Compute::Fp32(acts) => acts.relayout(gpu, &self.dims, &full)?,
-            Compute::Bf16 { acts, .. } => acts.relayout(gpu, &self.dims, &full)?,
+            Compute::Fp32(acts) => acts.relayout(gpu, &self.dims, &layout)?,
+            Compute::Bf16 { acts, .. } => acts.relayout(gpu, &self.dims, &layout)?,
         }
+        self.layout = layout;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use shoal_kernels::AdamW;
 use shoal_kernels::cuda::{Comparison, Gpu};
 
-use super::GpuGpt;
+use super::{GpuAttention, GpuGpt};
 use crate::{Activations, Gpt, GptConfig, Precision, Recompute, RecomputePlan};
 
 /// The GPU, or `None` after printing why the test is skipped.
@@ -218,4 +218,47 @@ fn recomputed_layers_give_the_gradients_of_kept_ones() {
     assert!(model.set_recompute(&gpu, &selective).is_err());
     let short = RecomputePlan::uniform(layers - 1, Recompute::Full);
     assert!(model.set_recompute(&gpu, &short).is_err());
+}
+
+#[test]
+fn gemm_attention_gives_the_flash_attention_model() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let tiny = Tiny::new();
+    let layers = tiny.config.n_layer;
+    let step = |attention: GpuAttention, plan: &RecomputePlan| {
+        let (b, t) = (tiny.b, tiny.t);
+        let mut model = GpuGpt::new(&gpu, tiny.config.clone(), &tiny.params, b, t).unwrap();
+        model.set_recompute(&gpu, plan).unwrap();
+        model.set_attention(&gpu, attention).unwrap();
+        let loss = model.forward(&gpu, &tiny.tokens, &tiny.targets).unwrap();
+        model.backward(&gpu, 1.0).unwrap();
+        (loss, model.grads(&gpu).unwrap())
+    };
+    let keep = RecomputePlan::uniform(layers, Recompute::None);
+    let (loss, grads) = step(GpuAttention::Flash, &keep);
+    let (cpu_loss, _) = tiny.cpu_step(1.0);
+    for plan in [
+        keep.clone(),
+        RecomputePlan::uniform(layers, Recompute::Full),
+    ] {
+        let (l, g) = step(GpuAttention::Gemm, &plan);
+        assert!(
+            (l - loss).abs() <= 1e-5 * loss.abs(),
+            "{plan}: loss {l} vs {loss}"
+        );
+        assert!(
+            (l - cpu_loss).abs() <= 1e-5 * cpu_loss.abs(),
+            "{plan}: vs CPU {cpu_loss}"
+        );
+        let c = Comparison::new(&g, &grads);
+        assert!(c.relative() <= 1e-4, "{plan}: gradients {c:?}");
+    }
+}
+
+#[test]
+fn gpu_attention_names_parse_and_print() {
+    for a in [GpuAttention::Flash, GpuAttention::Gemm] {
+        assert_eq!(a.to_string().parse::<GpuAttention>().unwrap(), a);
+    }
+    assert!("flashy".parse::<GpuAttention>().is_err());
 }
