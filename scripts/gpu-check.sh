@@ -13,8 +13,9 @@
 #   5. `shoal bench device-collectives`: the CUDA IPC ring with 2 ranks on the one GPU
 #      and NCCL with 1 rank, against the device's copy bandwidth.
 # Before 1, the GPU tests of every crate when their binaries are there (built by
-# scripts/build-gpu-check.sh into target/gpu/tests/); after 3, 8 steps in bf16 mixed
-# precision and 8 steps of two data-parallel GPU ranks reducing over the IPC ring.
+# scripts/build-gpu-check.sh into target/gpu/tests/); after 3, 8 steps each in bf16
+# mixed precision, with cuBLAS attention (TF32, and bf16), and of two data-parallel
+# GPU ranks reducing over the IPC ring.
 #
 # Usage: scripts/gpu-check.sh [SHOAL_BINARY]   (default target/release/shoal, built
 #        here with `cargo build --release --features cuda`, or target/gpu/shoal from
@@ -115,7 +116,7 @@ if [[ -f /tmp/gpu-train/metrics.jsonl ]]; then
     grep '"tokens_per_s"' /tmp/gpu-train/metrics.jsonl | log_more gpu-trainer.txt
 fi
 
-echo "== bf16 mixed precision and two GPU ranks: GPT-2 124M, 8 trainer steps each"
+echo "== bf16 mixed precision, cuBLAS attention and two GPU ranks: GPT-2 124M, 8 trainer steps each"
 # One rank in bf16 mixed precision; then two data-parallel ranks (on this one GPU, or
 # two) with the gradient all-reduced on the devices by the IPC ring, AdamW on the host.
 train_more() {
@@ -133,6 +134,10 @@ train_more() {
     return "$rc"
 }
 train_more /tmp/gpu-train-bf16 --gpu-precision bf16 || trainer_status=$?
+# Attention on cuBLAS products (tensor cores) instead of the tiled kernels.
+train_more /tmp/gpu-train-gemm --gpu-matmul tf32 --gpu-attention gemm || trainer_status=$?
+train_more /tmp/gpu-train-gemm-bf16 --gpu-precision bf16 --gpu-attention gemm \
+    || trainer_status=$?
 train_more /tmp/gpu-train-ranks --ranks 2 --gpu-matmul tf32 --gpu-collectives ipc \
     || trainer_status=$?
 

@@ -88,6 +88,10 @@ pub struct TrainConfig {
     /// CUDA IPC ring: every rank on this host; ranks may share a GPU). The device
     /// ones need every rank with rows of the batch.
     pub gpu_collectives: String,
+    /// How the GPU model runs attention: `flash` (the tiled kernels, memory linear
+    /// in the sequence length) or `gemm` (cuBLAS products on the tensor cores,
+    /// keeping every layer's `[B·NH, T, T]` probabilities).
+    pub gpu_attention: String,
     /// Activation recomputation (on a GPU `none` and `full` only): `none`,
     /// `selective` (the attention core's output), `full` (each layer from its input) on every layer, or `auto`: the
     /// plan that fits `activation_budget` and recomputes least (keeping everything
@@ -142,6 +146,7 @@ impl Default for TrainConfig {
             gpu_matmul: "fp32".into(),
             gpu_precision: "fp32".into(),
             gpu_collectives: "host".into(),
+            gpu_attention: "flash".into(),
             recompute: "auto".into(),
             activation_budget: None,
             mixture: MixtureWeights::Uniform,
@@ -377,6 +382,30 @@ impl TrainConfig {
         })
     }
 
+    /// How the GPU model runs attention, `gpu_attention` parsed.
+    #[cfg(feature = "cuda")]
+    pub fn gpu_attention(&self) -> Result<shoal_models::gpu::GpuAttention> {
+        self.gpu_attention
+            .parse()
+            .map_err(|_| self.bad_gpu_attention())
+    }
+
+    /// `gpu_attention` checked (built without CUDA there is no GPU model).
+    #[cfg(not(feature = "cuda"))]
+    pub fn gpu_attention(&self) -> Result<()> {
+        match self.gpu_attention.as_str() {
+            "flash" | "gemm" => Ok(()),
+            _ => Err(self.bad_gpu_attention()),
+        }
+    }
+
+    fn bad_gpu_attention(&self) -> TrainError {
+        invalid(
+            "gpu_attention",
+            format!("must be flash or gemm, not `{}`", self.gpu_attention),
+        )
+    }
+
     /// The device collectives of GPU ranks, `gpu_collectives` parsed (`None`:
     /// `host`).
     pub fn gpu_collectives(&self) -> Result<Option<shoal_collectives::DeviceBackend>> {
@@ -426,6 +455,7 @@ impl TrainConfig {
             ));
         }
         self.gpu_precision()?;
+        self.gpu_attention()?;
         if let Some(backend) = self.gpu_collectives()? {
             if !matches!(self.device()?, Device::Cuda(_)) {
                 return Err(invalid(

@@ -26,7 +26,7 @@ pub(crate) use without_cuda::GpuStep;
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use shoal_kernels::cuda::Gpu;
-    use shoal_models::gpu::{GpuGpt, GpuModelError};
+    use shoal_models::gpu::{GpuAttention, GpuGpt, GpuModelError};
     use shoal_models::{Precision, Recompute, RecomputePlan};
 
     use super::*;
@@ -45,6 +45,8 @@ mod on_gpu {
         precision: Precision,
         /// Recomputation of every layer (`none` or `full`).
         recompute: Recompute,
+        /// How attention runs.
+        attention: GpuAttention,
         /// `None` until the first step uploads the host state.
         model: Option<GpuGpt>,
         /// Whether the device holds steps the host state has not seen.
@@ -68,6 +70,7 @@ mod on_gpu {
                 t: config.seq_len,
                 precision: config.gpu_precision()?,
                 recompute: RecomputeSettings::from_config(config)?.on_gpu()?,
+                attention: config.gpu_attention()?,
                 model: None,
                 host_stale: false,
             }))
@@ -97,6 +100,7 @@ mod on_gpu {
                         upload(gpu, model, state, (self.b, self.t), self.precision).map_err(err)?;
                     let plan = RecomputePlan::uniform(model.config.n_layer, self.recompute);
                     dev.set_recompute(gpu, &plan).map_err(err)?;
+                    dev.set_attention(gpu, self.attention).map_err(err)?;
                     dev
                 }
             };

@@ -73,9 +73,12 @@ pub struct GpuRanks {
     pub matmul: String,
     /// Storage of the GPU model (as the trainer's `gpu_precision`).
     pub precision: shoal_models::Precision,
-    /// Reduce gradients on the devices with this backend (every rank of the ring
-    /// must be in this node); `None`: on the host, over the training ring.
+    /// Reduce gradients on the devices with this backend; `None`: on the host,
+    /// over the training ring.
     pub collectives: Option<shoal_collectives::DeviceBackend>,
+    /// Run attention on cuBLAS products (the trainer's `gpu_attention = "gemm"`)
+    /// rather than the tiled kernels.
+    pub gemm_attention: bool,
 }
 
 /// The training state a node starts from, in the full layout (each rank takes its

@@ -128,6 +128,7 @@ fn on_gpu(bf16: bool, collectives: Option<DeviceBackend>) -> Option<GpuRanks> {
         matmul: matmul.into(),
         precision,
         collectives,
+        gemm_attention: false,
     })
 }
 
@@ -209,4 +210,18 @@ fn gradients_reduced_on_the_devices_match_the_host_ring() {
         let what = format!("{backend}, {world} ranks, {stage:?}: device vs host");
         assert_close(&what, &device, &host, TOL, Some(TOL));
     }
+}
+
+#[test]
+fn gpu_ranks_with_cublas_attention_match_cpu_ranks() {
+    if !gpu_present() {
+        return;
+    }
+    let stage = ZeroStage::OptimizerSharded;
+    let mut gemm = on_gpu(false, None);
+    if let Some(g) = gemm.as_mut() {
+        g.gemm_attention = true;
+    }
+    let (cpu, gpu) = (run(2, stage, None), run(2, stage, gemm));
+    assert_close("gemm attention GPU vs CPU", &gpu, &cpu, TOL, Some(TOL));
 }

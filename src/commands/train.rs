@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// devices with nccl (one GPU per rank) or ipc (every rank on this host).
     #[arg(long, value_name = "host|nccl|ipc")]
     pub gpu_collectives: Option<String>,
+    /// GPU attention: flash (tiled kernels, memory linear in T) or gemm (cuBLAS
+    /// tensor-core products, [B·NH, T, T] probabilities kept per layer).
+    #[arg(long, value_name = "flash|gemm")]
+    pub gpu_attention: Option<String>,
     /// Activation recomputation (CPU): none, selective or full on every layer, or
     /// auto: the plan that fits --activation-budget and recomputes least.
     #[arg(long, value_name = "none|selective|full|auto")]
@@ -280,6 +284,7 @@ impl TrainArgs {
         set(&mut c.gpu_matmul, self.gpu_matmul.clone());
         set(&mut c.gpu_precision, self.gpu_precision.clone());
         set(&mut c.gpu_collectives, self.gpu_collectives.clone());
+        set(&mut c.gpu_attention, self.gpu_attention.clone());
         set(&mut c.recompute, self.recompute.clone());
         if self.activation_budget.is_some() {
             c.activation_budget = self.activation_budget.clone();

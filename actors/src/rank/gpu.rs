@@ -69,7 +69,7 @@ mod on_gpu {
         DeviceBackend, DeviceCollectiveError, DeviceCommunicator, DeviceConfig,
     };
     use shoal_kernels::cuda::{CudaError, Gpu, Products};
-    use shoal_models::gpu::{GpuGpt, GpuModelError};
+    use shoal_models::gpu::{GpuAttention, GpuGpt, GpuModelError};
     use shoal_models::{GptConfig, Precision, RecomputePlan};
 
     use super::*;
@@ -111,6 +111,9 @@ mod on_gpu {
                 GpuGpt::with_precision(&gpu, cfg, p, rows, t, precision).map_err(err)?;
             // The rank's optimizer runs on the host.
             model.release_moments();
+            if how.is_some_and(|g| g.gemm_attention) {
+                model.set_attention(&gpu, GpuAttention::Gemm).map_err(err)?;
+            }
             Ok(Self {
                 ordinal,
                 gpu: Arc::new(gpu),

@@ -102,6 +102,7 @@ impl Trainer {
                     matmul: c.gpu_matmul.clone(),
                     precision: c.gpu_precision()?,
                     collectives: c.gpu_collectives()?,
+                    gemm_attention: c.gpu_attention == "gemm",
                 }),
                 Device::Cpu => None,
             },

@@ -47,6 +47,8 @@ pub(super) fn kernel_table(gpu: &Gpu, it: usize) -> anyhow::Result<Table> {
     for shape in [(2, 70, 64, 2), (4, 256, 768, 12), (4, 1024, 768, 12)] {
         let what = format!("attention {shape:?}");
         t.guarded(&what, |t| check_attention(gpu, t, it, shape));
+        let what = format!("attention (cuBLAS) {shape:?}");
+        t.guarded(&what, |t| check_attention_gemm(gpu, t, it, shape));
     }
     for n in [70_001, 124_000_000] {
         t.guarded(&format!("adamw {n}"), |t| check_optimizer(gpu, t, it, n));
@@ -411,6 +413,60 @@ fn check_attention(
     })?;
     table.add(
         "attention_backward dqkv",
+        &shape,
+        &got,
+        &dqkv,
+        TOL_PRODUCT,
+        ms,
+    );
+    Ok(())
+}
+
+/// The cuBLAS attention (`attention_*_gemm`) against the CPU attention. Its
+/// backward consumes the probabilities, so the timed repeats after the checked
+/// call run on overwritten ones: the same work, other values.
+fn check_attention_gemm(
+    gpu: &Gpu,
+    table: &mut Table,
+    it: usize,
+    (b, t, c, nh): (usize, usize, usize, usize),
+) -> anyhow::Result<()> {
+    let shape = format!("B={b} T={t} C={c} NH={nh}");
+    let (qkv, dout) = (random(b * t * 3 * c, 1), random(b * t * c, 2));
+    let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+    shoal_kernels::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
+    let mut dqkv = vec![0f32; b * t * 3 * c];
+    shoal_kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+
+    let dims = (b, t, c, nh);
+    let mut scratch = gpu_ops::GemmAttentionScratch::<f32>::new(gpu, b, t, c, nh)?;
+    let mut probs = gpu.zeros(gpu_ops::gemm_attention_probs_len(b, t, nh))?;
+    let (gqkv, gdout) = (gpu.upload(&qkv)?, gpu.upload(&dout)?);
+    let (mut gout, mut glse) = (gpu.zeros(b * t * c)?, gpu.zeros(b * nh * t)?);
+    let mut fwd = || {
+        let (o, l, p, s) = (&mut gout, &mut glse, &mut probs, &mut scratch);
+        gpu_ops::attention_forward_gemm(gpu, o, l, p, &gqkv, s, dims)
+    };
+    fwd()?;
+    let ms = gpu.time_ms(it, &mut fwd)?;
+    let got = gpu.download(&gout)?;
+    table.add(
+        "attention_forward_gemm out",
+        &shape,
+        &got,
+        &out,
+        TOL_PRODUCT,
+        ms,
+    );
+    let mut gdqkv = gpu.zeros(b * t * 3 * c)?;
+    let (p, s) = (&mut probs, &mut scratch);
+    gpu_ops::attention_backward_gemm(gpu, &mut gdqkv, &gdout, &gqkv, p, s, dims)?;
+    let got = gpu.download(&gdqkv)?;
+    let ms = gpu.time_ms(it, || {
+        gpu_ops::attention_backward_gemm(gpu, &mut gdqkv, &gdout, &gqkv, p, s, dims)
+    })?;
+    table.add(
+        "attention_backward_gemm dqkv",
         &shape,
         &got,
         &dqkv,
