@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU path's check on a machine with an NVIDIA GPU (made for an H200; ~3-4 min, under 5):
+# The GPU path's check on a machine with an NVIDIA GPU (made for an H200; 1-5 below took
+# ~3-4 min there; with the later sections see SECTIONS below):
 #   1. `shoal gpu-check`: every GPU kernel against its CPU kernel (a PASS/FAIL table
 #      with errors and GPU times), then cuBLAS fp32/TF32/bf16 at 4096^3 against the
 #      H200's peaks;
@@ -63,13 +64,21 @@ log_more() {
     if [[ -n ${OUT:-} ]]; then tee -a "$OUT/$1"; else cat; fi
 }
 
+# SECTIONS (comma-separated; default all): tests, kernels, train, trainer, more,
+# torch, collectives. All of them take an estimated 6-8 minutes on an H200, close to a
+# device session's 10-minute command limit: run them in two calls, e.g.
+# SECTIONS=tests,kernels,train,trainer then SECTIONS=more,torch,collectives.
+want() { [[ ",${SECTIONS:-all}," == *",all,"* || ",${SECTIONS:-all}," == *",$1,"* ]]; }
+status=0 tests_status=0 train_status=0 trainer_status=0 collectives_status=0
+
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 
 # The GPU tests, when scripts/build-gpu-check.sh put their binaries next to the shoal
 # binary (target/gpu/tests/): each crate's GPU tests only (the rest run in CI).
-tests_status=0
 tests_dir=$(dirname "$bin")/tests
-if [[ -d $tests_dir ]]; then
+if ! want tests; then
+    :
+elif [[ -d $tests_dir ]]; then
     echo "== GPU tests ($tests_dir)"
     if [[ -n ${OUT:-} ]]; then : > "$OUT/gpu-tests.txt"; fi
     for t in "$tests_dir"/*; do
@@ -89,15 +98,20 @@ if [[ -d $tests_dir ]]; then
 else
     echo "== GPU tests skipped: no $tests_dir (scripts/build-gpu-check.sh builds them)"
 fi
+if want kernels; then
 echo "== shoal gpu-check ($bin)"
 timeout 240 "$bin" gpu-check 2>&1 | log gpu-check.txt
 status=${PIPESTATUS[0]}
 echo "shoal gpu-check exited with $status"
+fi
+if want train; then
 echo "== shoal gpu-check --train: the GPU step against the CPU model, then GPT-2 124M"
 timeout 180 "$bin" gpu-check --train --precision bf16 --skip-kernels --gemm-size 0 2>&1 | log gpu-train.txt
 train_status=${PIPESTATUS[0]}
 echo "shoal gpu-check --train exited with $train_status"
+fi
 
+if want trainer; then
 echo "== shoal train --device cuda: GPT-2 124M, 12 trainer steps on the GPU"
 # The built-in corpus is byte-level (token ids < 256), which fits inside GPT-2's
 # 50257-entry vocabulary, so this trains the real 124M model on a
@@ -115,7 +129,9 @@ echo "shoal train --device cuda exited with $trainer_status"
 if [[ -f /tmp/gpu-train/metrics.jsonl ]]; then
     grep '"tokens_per_s"' /tmp/gpu-train/metrics.jsonl | log_more gpu-trainer.txt
 fi
+fi
 
+if want more; then
 echo "== bf16 mixed precision, cuBLAS attention and two GPU ranks: GPT-2 124M, 8 trainer steps each"
 # One rank in bf16 mixed precision; then two data-parallel ranks (on this one GPU, or
 # two) with the gradient all-reduced on the devices by the IPC ring, AdamW on the host.
@@ -140,14 +156,18 @@ train_more /tmp/gpu-train-gemm-bf16 --gpu-precision bf16 --gpu-attention gemm \
     || trainer_status=$?
 train_more /tmp/gpu-train-ranks --ranks 2 --gpu-matmul tf32 --gpu-collectives ipc \
     || trainer_status=$?
+fi
 
-if python3 -c 'import torch' 2>/dev/null; then
+if ! want torch; then
+    :
+elif python3 -c 'import torch' 2>/dev/null; then
     echo "== PyTorch baseline"
     PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_gpu_baseline.py --seconds 40 2>&1 \
         | log torch-baseline.txt
 else
     echo "== PyTorch baseline skipped: python3 has no torch"
 fi
+if want collectives; then
 echo "== shoal bench device-collectives: the CUDA IPC ring (2 ranks on GPU 0), NCCL (1 rank)"
 # A few seconds each: two sizes, four ops, 5 timed iterations. The IPC ring must work on
 # any GPU (its status counts); NCCL needs libnccl (from the nvidia-nccl pip package next
@@ -159,6 +179,7 @@ echo "device collectives (ipc) exited with $collectives_status" | log_more gpu-c
 timeout 60 "$bin" bench device-collectives --backend nccl --ranks 1 --size-mib 1,64 \
     --iters 5 2>&1 | log_more gpu-collectives.txt
 echo "device collectives (nccl) exited with ${PIPESTATUS[0]}" | log_more gpu-collectives.txt
+fi
 
 if [[ $status -eq 0 ]]; then status=$tests_status; fi
 if [[ $status -eq 0 ]]; then status=$train_status; fi
