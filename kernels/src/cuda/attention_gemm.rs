@@ -152,7 +152,8 @@ pub fn attention_forward_gemm<X: Storage>(
     scratch.split_qkv(gpu, qkv, c)?;
     let s = &mut scratch.scores;
     // S = Q·Kᵀ per head: column-major Sᵀ = (Kᵀ)ᵀ·Qᵀ.
-    batched::<X, f32>(gpu, (T, N), (t, t, sh.hs), &scratch.k, &scratch.q, s, sh)?;
+    let (k, q) = ((&scratch.k, Mat::Heads), (&scratch.q, Mat::Heads));
+    batched(gpu, (T, N), (t, t, sh.hs), k, q, (s, Mat::Scores), sh)?;
     let f = gpu.function(&ATTENTION_GEMM, None, X::DTYPE, "causal_softmax")?;
     let scale = 1.0 / (sh.hs as f32).sqrt();
     let args = [
@@ -167,7 +168,8 @@ pub fn attention_forward_gemm<X: Storage>(
     unsafe { gpu.launch(&f, rows_config(b * nh * t), &args) }?;
     // O = P·V per head: column-major Oᵀ = Vᵀ·Pᵀ.
     let o = &mut scratch.o;
-    batched_from::<X>(gpu, (N, N), (sh.hs, t, t), &scratch.v, probs, o, sh)?;
+    let (v, p) = ((&scratch.v, Mat::Heads), (&*probs, Mat::Scores));
+    batched(gpu, (N, N), (sh.hs, t, t), v, p, (o, Mat::Heads), sh)?;
     merge(gpu, out, &scratch.o, sh, c, 0, false)
 }
 
@@ -195,10 +197,12 @@ pub fn attention_backward_gemm<X: Storage>(
     split(gpu, d_o, dout, sh, c, 0)?;
     // dV = Pᵀ·dO: column-major dVᵀ = dOᵀ·P.
     let (d_o, dv) = (&scratch.o, &mut scratch.dv);
-    batched_from::<X>(gpu, (N, T), (sh.hs, t, t), d_o, &*probs, dv, sh)?;
+    let (d_o, p) = ((d_o, Mat::Heads), (&*probs, Mat::Scores));
+    batched(gpu, (N, T), (sh.hs, t, t), d_o, p, (dv, Mat::Heads), sh)?;
     // dP = dO·Vᵀ: column-major dPᵀ = (Vᵀ)ᵀ·dOᵀ.
     let dp = &mut scratch.scores;
-    batched::<X, f32>(gpu, (T, N), (t, t, sh.hs), &scratch.v, &scratch.o, dp, sh)?;
+    let (v, d_o) = ((&scratch.v, Mat::Heads), (&scratch.o, Mat::Heads));
+    batched(gpu, (T, N), (t, t, sh.hs), v, d_o, (dp, Mat::Scores), sh)?;
     let f = gpu.function(&ATTENTION_GEMM, None, X::DTYPE, "causal_softmax_backward")?;
     let scale = 1.0 / (sh.hs as f32).sqrt();
     let args = [
@@ -211,24 +215,11 @@ pub fn attention_backward_gemm<X: Storage>(
     // of the [BNH, T, T] buffers checked above.
     unsafe { gpu.launch(&f, rows_config(b * nh * t), &args) }?;
     // dQ = dS·K: column-major dQᵀ = Kᵀ·dSᵀ; dK = dSᵀ·Q: column-major dKᵀ = Qᵀ·dS.
-    batched_from::<X>(
-        gpu,
-        (N, N),
-        (sh.hs, t, t),
-        &scratch.k,
-        &*probs,
-        &mut scratch.dq,
-        sh,
-    )?;
-    batched_from::<X>(
-        gpu,
-        (N, T),
-        (sh.hs, t, t),
-        &scratch.q,
-        &*probs,
-        &mut scratch.dk,
-        sh,
-    )?;
+    let ds = (&*probs, Mat::Scores);
+    let (k, dq) = ((&scratch.k, Mat::Heads), (&mut scratch.dq, Mat::Heads));
+    batched(gpu, (N, N), (sh.hs, t, t), k, ds, dq, sh)?;
+    let (q, dk) = ((&scratch.q, Mat::Heads), (&mut scratch.dk, Mat::Heads));
+    batched(gpu, (N, T), (sh.hs, t, t), q, ds, dk, sh)?;
     merge(gpu, dqkv, &scratch.dq, sh, 3 * c, 0, true)?;
     merge(gpu, dqkv, &scratch.dk, sh, 3 * c, c, true)?;
     merge(gpu, dqkv, &scratch.dv, sh, 3 * c, 2 * c, true)
@@ -297,66 +288,53 @@ fn merge<X: Storage>(
     unsafe { gpu.launch(&f, elementwise_config(sh.heads()), &args) }
 }
 
-/// One strided-batched product per head, column-major
-/// `c = op(a)·op(b)` (`m × n`, inner `k`), a and b head-major `[BNH, T, hs]`
-/// (leading dimension hs), c `[BNH, T, T]` (leading dimension T).
-fn batched<X: Storage, Y: Storage>(
-    gpu: &Gpu,
-    ops: (cublasOperation_t, cublasOperation_t),
-    (m, n, k): (usize, usize, usize),
-    a: &CudaSlice<X>,
-    b: &CudaSlice<X>,
-    c: &mut CudaSlice<Y>,
-    sh: Shape,
-) -> Result<(), CudaError> {
-    let head = sh.t * sh.hs;
-    let stream = gpu.stream();
-    let (a_ptr, _a) = a.device_ptr(stream);
-    let (b_ptr, _b) = b.device_ptr(stream);
-    let (c_ptr, _c) = c.device_ptr_mut(stream);
-    let at = |p: u64, ld: usize, stride: usize| Operand { p, ld, stride };
-    // SAFETY: every buffer holds BNH heads of the strides given.
-    unsafe {
-        strided(
-            gpu,
-            ops,
-            (m, n, k),
-            (at(a_ptr, sh.hs, head), at(b_ptr, sh.hs, head), X::DTYPE),
-            (at(c_ptr, sh.t, sh.t * sh.t), Y::DTYPE),
-            sh.b * sh.nh,
-        )
+/// The layout of one head's matrix in a batch of BNH.
+#[derive(Clone, Copy)]
+enum Mat {
+    /// Head-major `[BNH, T, hs]`: leading dimension hs.
+    Heads,
+    /// Scores or probabilities `[BNH, T, T]`: leading dimension T.
+    Scores,
+}
+
+impl Mat {
+    /// (leading dimension, elements between heads).
+    fn layout(self, sh: Shape) -> (usize, usize) {
+        match self {
+            Mat::Heads => (sh.hs, sh.t * sh.hs),
+            Mat::Scores => (sh.t, sh.t * sh.t),
+        }
     }
 }
 
-/// As [`batched`] with b a `[BNH, T, T]` probability (or score gradient) matrix
-/// (leading dimension T) and c head-major `[BNH, T, hs]` (leading dimension hs).
-fn batched_from<X: Storage>(
+/// One strided-batched product per head, column-major `c = op(a)·op(b)`
+/// (`m × n`, inner `k`), each operand laid out as its [`Mat`] says.
+#[allow(clippy::too_many_arguments)]
+fn batched<X: Storage, Y: Storage>(
     gpu: &Gpu,
     ops: (cublasOperation_t, cublasOperation_t),
-    (m, n, k): (usize, usize, usize),
-    a: &CudaSlice<X>,
-    b: &CudaSlice<X>,
-    c: &mut CudaSlice<X>,
+    mnk: (usize, usize, usize),
+    (a, a_mat): (&CudaSlice<X>, Mat),
+    (b, b_mat): (&CudaSlice<X>, Mat),
+    (c, c_mat): (&mut CudaSlice<Y>, Mat),
     sh: Shape,
 ) -> Result<(), CudaError> {
-    let head = sh.t * sh.hs;
     let stream = gpu.stream();
     let (a_ptr, _a) = a.device_ptr(stream);
     let (b_ptr, _b) = b.device_ptr(stream);
     let (c_ptr, _c) = c.device_ptr_mut(stream);
-    let at = |p: u64, ld: usize, stride: usize| Operand { p, ld, stride };
-    // SAFETY: every buffer holds BNH matrices of the strides given.
+    let at = |p: u64, mat: Mat| {
+        let (ld, stride) = mat.layout(sh);
+        Operand { p, ld, stride }
+    };
+    // SAFETY: every buffer holds BNH matrices of its layout.
     unsafe {
         strided(
             gpu,
             ops,
-            (m, n, k),
-            (
-                at(a_ptr, sh.hs, head),
-                at(b_ptr, sh.t, sh.t * sh.t),
-                X::DTYPE,
-            ),
-            (at(c_ptr, sh.hs, head), X::DTYPE),
+            mnk,
+            (at(a_ptr, a_mat), at(b_ptr, b_mat), X::DTYPE),
+            (at(c_ptr, c_mat), Y::DTYPE),
             sh.b * sh.nh,
         )
     }

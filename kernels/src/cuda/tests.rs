@@ -289,10 +289,19 @@ fn matmul_matches_cpu() {
     }
 }
 
-#[test]
-fn attention_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
+/// Random attention inputs (`dqkv0`: what the gradient accumulates onto) and
+/// the CPU attention's results.
+struct AttentionCase {
+    qkv: Vec<f32>,
+    dout: Vec<f32>,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dqkv0: Vec<f32>,
+    dqkv: Vec<f32>,
+}
+
+impl AttentionCase {
+    fn new(b: usize, t: usize, c: usize, nh: usize) -> Self {
         let qkv = rand32(b * t * 3 * c, 1);
         let dout = rand32(b * t * c, 2);
         let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
@@ -300,6 +309,29 @@ fn attention_matches_cpu() {
         let dqkv0 = rand32(b * t * 3 * c, 3);
         let mut dqkv = dqkv0.clone();
         crate::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+        AttentionCase {
+            qkv,
+            dout,
+            out,
+            lse,
+            dqkv0,
+            dqkv,
+        }
+    }
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
+        let AttentionCase {
+            qkv,
+            dout,
+            out,
+            lse,
+            dqkv0,
+            dqkv,
+        } = AttentionCase::new(b, t, c, nh);
 
         let (gqkv, gdout) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
         let (mut gout, mut glse) = (
@@ -319,13 +351,14 @@ fn attention_matches_cpu() {
 fn gemm_attention_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else { return };
     for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
-        let qkv = rand32(b * t * 3 * c, 1);
-        let dout = rand32(b * t * c, 2);
-        let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
-        crate::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
-        let dqkv0 = rand32(b * t * 3 * c, 3);
-        let mut dqkv = dqkv0.clone();
-        crate::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+        let AttentionCase {
+            qkv,
+            dout,
+            out,
+            lse,
+            dqkv0,
+            dqkv,
+        } = AttentionCase::new(b, t, c, nh);
 
         let mut scratch = GemmAttentionScratch::<f32>::new(&gpu, b, t, c, nh).unwrap();
         let (gqkv, gdout) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());

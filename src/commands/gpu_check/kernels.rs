@@ -370,6 +370,32 @@ fn check_matmul(
     Ok(())
 }
 
+/// Random attention inputs and the CPU attention's results on them.
+struct Reference {
+    qkv: Vec<f32>,
+    dout: Vec<f32>,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dqkv: Vec<f32>,
+}
+
+impl Reference {
+    fn new((b, t, c, nh): (usize, usize, usize, usize)) -> Self {
+        let (qkv, dout) = (random(b * t * 3 * c, 1), random(b * t * c, 2));
+        let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+        shoal_kernels::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
+        let mut dqkv = vec![0f32; b * t * 3 * c];
+        shoal_kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+        Reference {
+            qkv,
+            dout,
+            out,
+            lse,
+            dqkv,
+        }
+    }
+}
+
 fn check_attention(
     gpu: &Gpu,
     table: &mut Table,
@@ -377,11 +403,13 @@ fn check_attention(
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> anyhow::Result<()> {
     let shape = format!("B={b} T={t} C={c} NH={nh}");
-    let (qkv, dout) = (random(b * t * 3 * c, 1), random(b * t * c, 2));
-    let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
-    shoal_kernels::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
-    let mut dqkv = vec![0f32; b * t * 3 * c];
-    shoal_kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+    let Reference {
+        qkv,
+        dout,
+        out,
+        lse,
+        dqkv,
+    } = Reference::new((b, t, c, nh));
 
     let (gqkv, gdout) = (gpu.upload(&qkv)?, gpu.upload(&dout)?);
     let (mut gout, mut glse) = (gpu.zeros(b * t * c)?, gpu.zeros(b * nh * t)?);
@@ -432,11 +460,13 @@ fn check_attention_gemm(
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> anyhow::Result<()> {
     let shape = format!("B={b} T={t} C={c} NH={nh}");
-    let (qkv, dout) = (random(b * t * 3 * c, 1), random(b * t * c, 2));
-    let (mut out, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
-    shoal_kernels::attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
-    let mut dqkv = vec![0f32; b * t * 3 * c];
-    shoal_kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, b, t, c, nh);
+    let Reference {
+        qkv,
+        dout,
+        out,
+        lse,
+        dqkv,
+    } = Reference::new((b, t, c, nh));
 
     let dims = (b, t, c, nh);
     let mut scratch = gpu_ops::GemmAttentionScratch::<f32>::new(gpu, b, t, c, nh)?;
@@ -455,6 +485,15 @@ fn check_attention_gemm(
         &shape,
         &got,
         &out,
+        TOL_PRODUCT,
+        ms,
+    );
+    let got = gpu.download(&glse)?;
+    table.add(
+        "attention_forward_gemm lse",
+        &shape,
+        &got,
+        &lse,
         TOL_PRODUCT,
         ms,
     );
