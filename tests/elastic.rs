@@ -11,6 +11,9 @@ mod common;
 
 use common::procs::{PATIENCE, Proc, cluster, http, status};
 use common::{assert_ok, losses, shoal};
+use shoal::actors::recompute::{PlanInputs, RecomputeSettings, plan_recompute};
+use shoal::actors::{TrainConfig, ZeroStage};
+use shoal::models::{ActivationBytes, Recompute, RecomputePlan};
 
 /// Thirty steps of a model big enough that a step takes a noticeable time, with
 /// a checkpoint every ten steps.
@@ -34,6 +37,32 @@ source = "builtin"
 tokens_per_domain = 6000
 "#;
 
+/// [`CONFIG`] with an activation budget per rank between what 3 ranks (4 rows
+/// each) and 2 ranks (6 rows) keep with nothing recomputed: the coordinator and
+/// the nodes re-plan recomputation at every change of world size (the losses do
+/// not change: recomputed activations are the kept ones).
+fn elastic_config() -> String {
+    let config = TrainConfig::from_toml_str(CONFIG, Path::new("CONFIG")).unwrap();
+    let model = config.validate().unwrap();
+    let keep = |rows| {
+        let plan = RecomputePlan::uniform(model.n_layer, Recompute::None);
+        ActivationBytes::new(&model, rows, config.seq_len, &plan).total()
+    };
+    let (three, two) = (keep(4), keep(6));
+    assert!(three < two);
+    format!("activation_budget = \"{}\"{CONFIG}", (three + two) / 2)
+}
+
+/// The recompute plans the coordinator announced, in order.
+fn recompute_events(dir: &Path) -> Vec<String> {
+    events(dir)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "recompute")
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A coordinator (`cluster/coordinator`) and the nodes of one test.
 struct Run {
     dir: std::path::PathBuf,
@@ -47,10 +76,21 @@ impl Run {
     /// A cluster with certificates for `names`, a coordinator waiting for
     /// `min_nodes`, and the static reference run of the config.
     fn start(dir: &Path, names: &[&str], min_nodes: &str, mirror_every: &str) -> Self {
+        Self::start_with(CONFIG, dir, names, min_nodes, mirror_every)
+    }
+
+    /// [`Run::start`] with the run's config `config`.
+    fn start_with(
+        config: &str,
+        dir: &Path,
+        names: &[&str],
+        min_nodes: &str,
+        mirror_every: &str,
+    ) -> Self {
         let mut all = vec!["coordinator"];
         all.extend_from_slice(names);
         cluster(dir, "ca", &all);
-        std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut coordinator = Proc::spawn(
             &[
                 "coordinator",
@@ -201,7 +241,8 @@ fn a_kill_a_join_and_a_drain_leave_the_run_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let want = reference(dir);
-    let mut run = Run::start(dir, &["a", "b", "c", "d"], "3", "1");
+    let config = elastic_config();
+    let mut run = Run::start_with(&config, dir, &["a", "b", "c", "d"], "3", "1");
     for n in ["a", "b", "c"] {
         run.node(n);
     }
@@ -245,6 +286,17 @@ fn a_kill_a_join_and_a_drain_leave_the_run_unchanged() {
     let mut sizes: Vec<u64> = worlds.iter().map(|&(_, w)| w).collect();
     sizes.dedup();
     assert_eq!(sizes, vec![3, 2, 3, 2], "{worlds:?}");
+    // And the recompute plan with it: nothing recomputed on 3 ranks, some layers
+    // on 2 (their activations would not fit the budget).
+    let plans = recompute_events(dir);
+    assert!(plans.len() >= 4, "{plans:?}\n{ev}");
+    let (on_three, on_two) = (&plans[0], &plans[1]);
+    assert_ne!(on_three, on_two, "{plans:?}");
+    assert!(on_three.contains("(0 full, 0 selective"), "{plans:?}");
+    assert!(on_three.contains("each of 3 rank(s)"), "{plans:?}");
+    assert!(!on_two.contains("(0 full, 0 selective"), "{plans:?}");
+    assert!(on_two.contains("each of 2 rank(s)"), "{plans:?}");
+    assert_eq!((&plans[2], &plans[3]), (on_three, on_two), "{plans:?}");
     assert!(dir.join("run/checkpoints/step-000030").is_dir());
 }
 
@@ -365,4 +417,54 @@ fn wrong_tokens_and_certificates_are_refused() {
     let (code, metrics) = http(&run.control, "GET", "/metrics", &[], "");
     assert_eq!(code, 200);
     assert!(metrics.contains("shoal_committed_step"), "{metrics}");
+}
+
+/// With the activation budget of [`elastic_config`], which one rank (all 12 rows)
+/// cannot meet: losing two of three nodes makes the coordinator wait, saying why,
+/// instead of forming a generation that cannot train; the node that joins makes
+/// two, and the run ends like the static one.
+#[test]
+fn a_world_too_small_for_the_activation_budget_waits_for_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let want = reference(dir);
+    let config = elastic_config();
+    let parsed = TrainConfig::from_toml_str(&config, Path::new("config")).unwrap();
+    let inputs = |world| PlanInputs {
+        model: parsed.validate().unwrap(),
+        stage: ZeroStage::from_number(parsed.zero).unwrap(),
+        world,
+        batch: parsed.batch_size,
+        seq_len: parsed.seq_len,
+        settings: RecomputeSettings::from_config(&parsed).unwrap(),
+    };
+    assert!(plan_recompute(&inputs(1)).is_err(), "one rank must not fit");
+    assert!(plan_recompute(&inputs(2)).is_ok(), "two ranks must fit");
+    let mut run = Run::start_with(&config, dir, &["a", "b", "c", "d"], "3", "1");
+    for n in ["a", "b", "c"] {
+        run.node(n);
+    }
+    let (mut killed, mut joined) = (false, false);
+    run.watch(|run, s| {
+        let step = s["step"].as_u64().unwrap();
+        if step >= 12 && !killed {
+            run.kill("b");
+            run.kill("c");
+            killed = true;
+        }
+        let waiting = events(&run.dir).contains("too few");
+        if killed && waiting && !joined {
+            run.node("d");
+            joined = true;
+        }
+        s["finished"].as_bool().unwrap()
+    });
+    run.finish();
+    let worlds = assert_like_reference(dir, &want);
+    let ev = events(dir);
+    assert!(ev.contains("1 node(s), too few"), "{ev}");
+    assert!(ev.contains("activation"), "{ev}");
+    assert_eq!(worlds.last(), Some(&(30, 2)), "{worlds:?}");
+    // No generation of one rank was formed.
+    assert!(worlds.iter().all(|&(_, w)| w >= 2), "{worlds:?}");
 }

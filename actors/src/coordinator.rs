@@ -267,15 +267,18 @@ impl CoordinatorState {
                 .event(self.committed, "drain", format!("node `{name}` left"));
         }
         let needed = self.needed();
-        if next.ranks.len() < needed {
-            // Not enough nodes: wait for more (the members wait for a generation).
+        let unfit = self.unfit(next.ranks.len());
+        if next.ranks.len() < needed || unfit.is_some() {
+            // Not enough nodes, or too few for the activation budget: wait for more
+            // (the members wait for a generation).
             self.joining = next.ranks;
             self.running = None;
-            self.recorder.event(
-                self.committed,
-                "waiting",
-                format!("{} node(s), {needed} needed", self.joining.len()),
-            );
+            let n = self.joining.len();
+            let why = match unfit {
+                Some(e) => format!("{n} node(s), too few: {e}"),
+                None => format!("{n} node(s), {needed} needed"),
+            };
+            self.recorder.event(self.committed, "waiting", why);
             self.publish();
             return;
         }
@@ -562,6 +565,17 @@ impl CoordinatorState {
             self.abort_and_reform();
         }
         self.publish();
+    }
+
+    /// Why a generation of `world` ranks could not train: no recompute plan fits
+    /// the activation budget at that world (each rank's share of the batch grows as
+    /// the world shrinks); `None` when it can.
+    fn unfit(&self, world: usize) -> Option<String> {
+        let mut inputs = self.recompute.clone()?;
+        inputs.world = world.max(1);
+        crate::recompute::plan_recompute(&inputs)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// The recompute plan every node of a generation of `world` ranks chooses (the
