@@ -124,9 +124,9 @@ impl<X: Storage> GemmAttentionScratch<X> {
     /// q, k, v of `qkv` into the head-major buffers.
     fn split_qkv(&mut self, gpu: &Gpu, qkv: &impl DevicePtr<X>, c: usize) -> Result<(), CudaError> {
         let sh = self.shape;
-        split(gpu, &mut self.q, qkv, sh, 3 * c, 0)?;
-        split(gpu, &mut self.k, qkv, sh, 3 * c, c)?;
-        split(gpu, &mut self.v, qkv, sh, 3 * c, 2 * c)
+        split(gpu, &mut self.q, qkv, sh, (3 * c, 0))?;
+        split(gpu, &mut self.k, qkv, sh, (3 * c, c))?;
+        split(gpu, &mut self.v, qkv, sh, (3 * c, 2 * c))
     }
 }
 
@@ -170,7 +170,7 @@ pub fn attention_forward_gemm<X: Storage>(
     let o = &mut scratch.o;
     let (v, p) = ((&scratch.v, Mat::Heads), (&*probs, Mat::Scores));
     batched(gpu, (N, N), (sh.hs, t, t), v, p, (o, Mat::Heads), sh)?;
-    merge(gpu, out, &scratch.o, sh, c, 0, false)
+    merge(gpu, out, &scratch.o, sh, (c, 0), false)
 }
 
 /// GPU attention backward through cuBLAS: accumulates into `dqkv` the gradient of
@@ -194,7 +194,7 @@ pub fn attention_backward_gemm<X: Storage>(
     assert_eq!(probs.len(), sh.scores());
     scratch.split_qkv(gpu, qkv, c)?;
     let d_o = &mut scratch.o;
-    split(gpu, d_o, dout, sh, c, 0)?;
+    split(gpu, d_o, dout, sh, (c, 0))?;
     // dV = Pᵀ·dO: column-major dVᵀ = dOᵀ·P.
     let (d_o, dv) = (&scratch.o, &mut scratch.dv);
     let (d_o, p) = ((d_o, Mat::Heads), (&*probs, Mat::Scores));
@@ -220,9 +220,9 @@ pub fn attention_backward_gemm<X: Storage>(
     batched(gpu, (N, N), (sh.hs, t, t), k, ds, dq, sh)?;
     let (q, dk) = ((&scratch.q, Mat::Heads), (&mut scratch.dk, Mat::Heads));
     batched(gpu, (N, T), (sh.hs, t, t), q, ds, dk, sh)?;
-    merge(gpu, dqkv, &scratch.dq, sh, 3 * c, 0, true)?;
-    merge(gpu, dqkv, &scratch.dk, sh, 3 * c, c, true)?;
-    merge(gpu, dqkv, &scratch.dv, sh, 3 * c, 2 * c, true)
+    merge(gpu, dqkv, &scratch.dq, sh, (3 * c, 0), true)?;
+    merge(gpu, dqkv, &scratch.dk, sh, (3 * c, c), true)?;
+    merge(gpu, dqkv, &scratch.dv, sh, (3 * c, 2 * c), true)
 }
 
 /// One block of [`ROW_THREADS`] per row.
@@ -240,24 +240,12 @@ fn split<X: Storage>(
     dst: &mut CudaSlice<X>,
     src: &impl DevicePtr<X>,
     sh: Shape,
-    stride: usize,
-    offset: usize,
+    (stride, offset): (usize, usize),
 ) -> Result<(), CudaError> {
     assert_eq!(src.len(), sh.b * sh.t * stride);
-    let f = gpu.function(&ATTENTION_GEMM, None, X::DTYPE, "heads_split")?;
-    let args = [
-        gpu.output(dst),
-        gpu.input(src),
-        dim(sh.b),
-        dim(sh.t),
-        dim(sh.nh),
-        dim(sh.hs),
-        dim(stride),
-        dim(offset),
-    ];
-    // SAFETY: the arguments match the kernel; `dst` holds BNH·T·hs elements and
-    // `src` B·T·stride, with offset + C <= stride.
-    unsafe { gpu.launch(&f, elementwise_config(sh.heads()), &args) }
+    let (d, s) = (gpu.output(dst), gpu.input(src));
+    // SAFETY: `dst` holds BNH·T·hs elements and `src` B·T·stride, offset + C <= stride.
+    unsafe { heads::<X>(gpu, "heads_split", (d, s), sh, (stride, offset), None) }
 }
 
 /// The part at `offset` of the `[B, T, stride]` stream `dst` = (or +=, with
@@ -267,24 +255,41 @@ fn merge<X: Storage>(
     dst: &mut impl DevicePtrMut<X>,
     src: &CudaSlice<X>,
     sh: Shape,
-    stride: usize,
-    offset: usize,
+    (stride, offset): (usize, usize),
     accumulate: bool,
 ) -> Result<(), CudaError> {
     assert_eq!(dst.len(), sh.b * sh.t * stride);
-    let f = gpu.function(&ATTENTION_GEMM, None, X::DTYPE, "heads_merge")?;
-    let args = [
-        gpu.output(dst),
-        gpu.input(src),
-        dim(sh.b),
-        dim(sh.t),
-        dim(sh.nh),
-        dim(sh.hs),
-        dim(stride),
-        dim(offset),
-        dim(usize::from(accumulate)),
-    ];
+    let (d, s) = (gpu.output(dst), gpu.input(src));
     // SAFETY: as in `split`, the other way round.
+    unsafe {
+        heads::<X>(
+            gpu,
+            "heads_merge",
+            (d, s),
+            sh,
+            (stride, offset),
+            Some(accumulate),
+        )
+    }
+}
+
+/// Launches `heads_split` or `heads_merge` (with its `accumulate` flag).
+///
+/// # Safety
+/// `dst` and `src` must hold what the kernel addresses for `sh`, `stride`, `offset`.
+unsafe fn heads<X: Storage>(
+    gpu: &Gpu,
+    kernel: &str,
+    (dst, src): (Arg, Arg),
+    sh: Shape,
+    (stride, offset): (usize, usize),
+    accumulate: Option<bool>,
+) -> Result<(), CudaError> {
+    let f = gpu.function(&ATTENTION_GEMM, None, X::DTYPE, kernel)?;
+    let mut args = vec![dst, src];
+    args.extend([sh.b, sh.t, sh.nh, sh.hs, stride, offset].map(dim));
+    args.extend(accumulate.map(|a| dim(usize::from(a))));
+    // SAFETY: guaranteed by the caller; the arguments match the kernel.
     unsafe { gpu.launch(&f, elementwise_config(sh.heads()), &args) }
 }
 
