@@ -62,7 +62,7 @@ pub struct RankArgs {
     /// Compute for its rows on the CPU (`None`: no rows, at stages 0 and 1, or
     /// computing on a GPU).
     pub compute: Option<Replicas>,
-    /// Compute for its rows on a GPU (stages 0 and 1).
+    /// Compute for its rows on a GPU (then `compute` is `None`).
     pub gpu: Option<GpuCompute>,
     /// Its share of the optimizer, moments and pieces loaded.
     pub zero: ZeroShard,
@@ -249,29 +249,31 @@ impl Worker {
         let Some(gpu) = self.gpu.as_mut() else {
             return Ok(out);
         };
-        let mut params = Vec::new();
-        if self.stage.shards_parameters() {
-            params = vec![0.0; m.num_params()];
+        // The whole parameters: gathered (stage 3) or the rank's shared copy.
+        let (mut gathered, shared);
+        let params: &[f32] = if self.stage.shards_parameters() {
+            gathered = vec![0.0; m.num_params()];
             let mut src = Gathered::new(m, &self.shard, &self.reducer, &self.index);
             let mut order = m.parts_in_backward_order();
             order.reverse();
             for (i, &part) in order.iter().enumerate() {
                 src.fetch(part, order.get(i + 1).copied())
                     .map_err(|e| lift(e.into()))?;
-                params[m.part_range(part)].copy_from_slice(src.get(part));
+                gathered[m.part_range(part)].copy_from_slice(src.get(part));
                 src.release(part);
             }
             out.waited += src.waited.as_secs_f64();
             out.peak_elems = src.peak_elems;
             src.finish()?;
+            &gathered
         } else {
-            params.extend_from_slice(&read(&self.shared.params));
-        }
+            shared = read(&self.shared.params);
+            &shared
+        };
         let mut grads = vec![0.0; m.num_params()];
         let (x, y) = (&batch.tokens[..], &batch.targets[..]);
         let r = &self.reducer;
-        let back = gpu.forward_backward(&params, &mut grads, x, y, accum, scale, check, r)?;
-        drop(params);
+        let back = gpu.forward_backward(params, &mut grads, x, y, accum, scale, check, r)?;
         out.loss_sum = back.loss_sum * f64::from(self.weight);
         if back.reduced {
             out.buckets_sent = self.hand_over_reduced(&grads)?;
