@@ -320,77 +320,44 @@ impl AttentionCase {
     }
 }
 
-#[test]
-fn attention_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
-        let AttentionCase {
-            qkv,
-            dout,
-            out,
-            lse,
-            dqkv0,
-            dqkv,
-        } = AttentionCase::new(b, t, c, nh);
+/// The shapes the attention kernels are checked at.
+const ATTENTION_SHAPES: [(usize, usize, usize, usize); 3] =
+    [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)];
 
-        let (gqkv, gdout) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
-        let (mut gout, mut glse) = (
-            gpu.zeros(b * t * c).unwrap(),
-            gpu.zeros(b * nh * t).unwrap(),
-        );
-        attention_forward(&gpu, &mut gout, &mut glse, &gqkv, b, t, c, nh).unwrap();
-        let mut gdqkv = gpu.upload(&dqkv0).unwrap();
-        attention_backward(&gpu, &mut gdqkv, &gdout, &gqkv, &gout, &glse, b, t, c, nh).unwrap();
-        assert_close_to_norm("out", &gpu.download(&gout).unwrap(), &out, 1e-5);
-        assert_close_to_norm("lse", &gpu.download(&glse).unwrap(), &lse, 1e-5);
-        assert_close_to_norm("dqkv", &gpu.download(&gdqkv).unwrap(), &dqkv, 1e-4);
+impl AttentionCase {
+    /// `out`, `lse` and `dqkv` computed by a GPU attention against the CPU's.
+    fn assert_matches(&self, what: &str, gpu: &Gpu, got: [&CudaSlice<f32>; 3]) {
+        let [out, lse, dqkv] = got.map(|x| gpu.download(x).unwrap());
+        assert_close_to_norm(&format!("{what} out"), &out, &self.out, 1e-5);
+        assert_close_to_norm(&format!("{what} lse"), &lse, &self.lse, 1e-5);
+        assert_close_to_norm(&format!("{what} dqkv"), &dqkv, &self.dqkv, 1e-4);
     }
 }
 
 #[test]
-fn gemm_attention_matches_cpu() {
+fn attention_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else { return };
-    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 70, 64, 2), (1, 130, 96, 3)] {
-        let AttentionCase {
-            qkv,
-            dout,
-            out,
-            lse,
-            dqkv0,
-            dqkv,
-        } = AttentionCase::new(b, t, c, nh);
-
-        let mut scratch = GemmAttentionScratch::<f32>::new(&gpu, b, t, c, nh).unwrap();
-        let (gqkv, gdout) = (gpu.upload(&qkv).unwrap(), gpu.upload(&dout).unwrap());
-        let (mut gout, mut glse) = (
-            gpu.zeros(b * t * c).unwrap(),
-            gpu.zeros(b * nh * t).unwrap(),
+    for (b, t, c, nh) in ATTENTION_SHAPES {
+        let case = AttentionCase::new(b, t, c, nh);
+        let (gqkv, gdout) = (
+            gpu.upload(&case.qkv).unwrap(),
+            gpu.upload(&case.dout).unwrap(),
         );
-        let mut probs = gpu.zeros(gemm_attention_probs_len(b, t, nh)).unwrap();
+        let mut gout = gpu.zeros(b * t * c).unwrap();
+        let mut glse = gpu.zeros(b * nh * t).unwrap();
+        attention_forward(&gpu, &mut gout, &mut glse, &gqkv, b, t, c, nh).unwrap();
+        let mut gdqkv = gpu.upload(&case.dqkv0).unwrap();
+        attention_backward(&gpu, &mut gdqkv, &gdout, &gqkv, &gout, &glse, b, t, c, nh).unwrap();
+        case.assert_matches("tiled", &gpu, [&gout, &glse, &gdqkv]);
+
+        // The cuBLAS attention on the same inputs.
         let shape = (b, t, c, nh);
-        attention_forward_gemm(
-            &gpu,
-            &mut gout,
-            &mut glse,
-            &mut probs,
-            &gqkv,
-            &mut scratch,
-            shape,
-        )
-        .unwrap();
-        let mut gdqkv = gpu.upload(&dqkv0).unwrap();
-        attention_backward_gemm(
-            &gpu,
-            &mut gdqkv,
-            &gdout,
-            &gqkv,
-            &mut probs,
-            &mut scratch,
-            shape,
-        )
-        .unwrap();
-        assert_close_to_norm("gemm out", &gpu.download(&gout).unwrap(), &out, 1e-5);
-        assert_close_to_norm("gemm lse", &gpu.download(&glse).unwrap(), &lse, 1e-5);
-        assert_close_to_norm("gemm dqkv", &gpu.download(&gdqkv).unwrap(), &dqkv, 1e-4);
+        let mut scratch = GemmAttentionScratch::<f32>::new(&gpu, b, t, c, nh).unwrap();
+        let mut probs = gpu.zeros(gemm_attention_probs_len(b, t, nh)).unwrap();
+        let (p, s) = (&mut probs, &mut scratch);
+        attention_forward_gemm(&gpu, &mut gout, &mut glse, p, &gqkv, s, shape).unwrap();
+        let mut gdqkv = gpu.upload(&case.dqkv0).unwrap();
+        attention_backward_gemm(&gpu, &mut gdqkv, &gdout, &gqkv, p, s, shape).unwrap();
+        case.assert_matches("cuBLAS", &gpu, [&gout, &glse, &gdqkv]);
     }
 }
